@@ -1,0 +1,23 @@
+# Two entry points on a fresh machine (Python 3.11 + pip): `make run` and `make test`.
+# Both create .venv and install the pinned requirements first (a stamp file skips this when unchanged).
+PYTHON ?= python3
+VENV := .venv
+BIN := $(CURDIR)/$(VENV)/bin
+STAMP := $(VENV)/.installed
+export PATH := $(BIN):$(PATH)
+
+.PHONY: install run test clean-outputs
+
+install: $(STAMP)
+
+$(STAMP): requirements.txt pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -r requirements.txt
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check --no-deps --no-build-isolation -e .
+	touch $(STAMP)
+
+run: install  ## install, then run the whole pipeline on the embedded default data
+	$(BIN)/dvc repro
+
+test: install  ## install, then run the test suite
+	$(BIN)/python -m pytest

@@ -1,0 +1,93 @@
+"""Atomic file output and safe checkpoint loading.
+
+Every file a stage writes goes through `atomic_write`: the content is written to a temporary file in
+the same directory and renamed over the target, so a run killed mid-write leaves the previous file
+intact (rename is atomic on POSIX within one file system).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Iterator
+
+import torch
+
+from edgecompress import EdgecompressError
+
+
+@contextlib.contextmanager
+def atomic_write(path: str | Path, mode: str = "wb") -> Iterator[Any]:
+    """Open a temporary file beside `path`; on success rename it over `path`, on error delete it.
+
+    Args:
+        path: final destination.
+        mode: "wb" or "w".
+    Yields:
+        The open temporary file object.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, mode) as handle:
+            yield handle
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp_name, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp_name)
+        raise
+
+
+def write_json(path: str | Path, data: Any) -> None:
+    """Write `data` as indented JSON, atomically."""
+    with atomic_write(path, "w") as handle:
+        json.dump(data, handle, indent=2, sort_keys=False)
+        handle.write("\n")
+
+
+def read_json(path: str | Path) -> Any:
+    """Read a JSON file, with a one-line error naming the file when it is missing or malformed."""
+    path = Path(path)
+    if not path.is_file():
+        raise EdgecompressError(f"{path}: file not found")
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise EdgecompressError(f"{path}: not valid JSON ({exc})") from None
+
+
+def save_torch(path: str | Path, obj: Any) -> None:
+    """`torch.save` atomically. `obj` must hold only tensors and plain Python types so that it
+    loads back with `weights_only=True`."""
+    with atomic_write(path, "wb") as handle:
+        torch.save(obj, handle)
+
+
+def load_torch(path: str | Path, what: str = "checkpoint") -> Any:
+    """Load a file written by `save_torch` with `weights_only=True` (no code is unpickled).
+
+    Raises:
+        EdgecompressError: naming the file when it is missing, truncated, corrupt or holds objects
+            that are not plain tensors/containers.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise EdgecompressError(f"{path}: {what} not found (run the stage that produces it first)")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises many types for corrupt/foreign files
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise EdgecompressError(
+            f"{path}: cannot load {what} safely with weights_only=True ({reason[:200]})"
+        ) from None
+
+
+def file_size_mb(path: str | Path) -> float:
+    """Size of a file in MB (10^6 bytes)."""
+    return os.path.getsize(path) / 1e6

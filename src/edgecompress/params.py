@@ -1,0 +1,232 @@
+"""Typed schema of params.yaml, validated before any stage does work.
+
+Each block of params.yaml maps to a frozen dataclass. `load_params` checks types, unknown keys and
+ranges for the WHOLE file, so a bad value anywhere stops every stage with one line such as
+`params.yaml: distill.alpha=1.5 is invalid: must be a number in [0, 1]` and nothing is written.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from edgecompress import EdgecompressError
+
+DEVICES = ("auto", "cpu", "cuda")
+SCHEDULES = ("cosine", "step")
+
+
+class ParamError(EdgecompressError):
+    """A bad value for one key; `key` gets its section prefix added while the schema is walked."""
+
+    def __init__(self, key: str, value: Any, allowed: str) -> None:
+        self.key, self.value, self.allowed = key, value, allowed
+        super().__init__(f"{key}={value!r} is invalid: {allowed}")
+
+
+def check(ok: bool, key: str, value: Any, allowed: str) -> None:
+    """Raise ParamError(key, value, allowed) unless `ok`."""
+    if not ok:
+        raise ParamError(key, value, allowed)
+
+
+# ----------------------------------------------------------------------------------------------
+# Schema
+@dataclass(frozen=True)
+class DataParams:
+    name: str = "digits"  # digits | cifar10 | cifar100 | imagefolder
+    root: str | None = None  # data set location for cifar10/cifar100/imagefolder
+    image_size: int = 32  # pixels, square
+    val_fraction: float = 0.15
+    test_fraction: float = 0.15
+    max_samples: int | None = None  # stratified cap on images (None = all)
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        from edgecompress.data import dataset_names
+
+        check(self.name in dataset_names(), "name", self.name, f"allowed: {', '.join(dataset_names())}")
+        check(self.name == "digits" or bool(self.root), "root", self.root, f"data set '{self.name}' needs a local path")
+        check(self.image_size >= 8, "image_size", self.image_size, "must be an integer >= 8")
+        for key in ("val_fraction", "test_fraction"):
+            value = getattr(self, key)
+            check(0 < value < 1, key, value, "must be a number in (0, 1)")
+        check(self.val_fraction + self.test_fraction < 1, "test_fraction", self.test_fraction,
+              "val_fraction + test_fraction must be < 1")
+        check(self.max_samples is None or self.max_samples >= 1, "max_samples", self.max_samples,
+              "must be null or an integer >= 1")
+
+
+@dataclass(frozen=True)
+class ArchParams:
+    arch: str = "resnet20"  # registry name (see README) or timm:<name>
+    width: float = 1.0  # channel multiplier (CIFAR ResNets)
+
+    def __post_init__(self) -> None:
+        from edgecompress.models import architecture_names, is_known_architecture
+
+        check(is_known_architecture(self.arch), "arch", self.arch,
+              f"allowed: {', '.join(architecture_names())} or timm:<name>")
+        check(0 < self.width <= 8, "width", self.width, "must be a number in (0, 8]")
+
+
+@dataclass(frozen=True)
+class ModelParams:
+    teacher: ArchParams = field(default_factory=lambda: ArchParams("resnet32", 1.0))
+    student: ArchParams = field(default_factory=lambda: ArchParams("resnet20", 0.5))
+    small_input: bool = True  # torchvision archs: 3x3 stride-1 stem for 32x32 images
+
+
+@dataclass(frozen=True)
+class AugmentParams:
+    hflip: bool = False  # off for digits: a mirrored digit is another glyph
+    crop_padding: int = 4  # pixels of padding for random crop, 0 = off
+    color_jitter: float = 0.2  # brightness/contrast/saturation strength, 0 = off
+    rotation: float = 15.0  # degrees, 0 = off
+
+    def __post_init__(self) -> None:
+        check(self.crop_padding >= 0, "crop_padding", self.crop_padding, "must be an integer >= 0")
+        check(0 <= self.color_jitter <= 1, "color_jitter", self.color_jitter, "must be a number in [0, 1]")
+        check(0 <= self.rotation <= 180, "rotation", self.rotation, "must be degrees in [0, 180]")
+
+
+@dataclass(frozen=True)
+class TrainParams:
+    device: str = "auto"  # auto | cpu | cuda
+    batch_size: int = 64
+    lr: float = 0.05  # SGD learning rate at epoch 0
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    schedule: str = "cosine"  # cosine | step
+    step_size: int = 10  # epochs between decays (schedule: step)
+    gamma: float = 0.1  # decay factor (schedule: step)
+    amp: bool = True  # mixed precision; only ever enabled on CUDA
+    num_workers: int = 0  # DataLoader workers; 0 keeps CPU runs deterministic and light
+    augment: AugmentParams = field(default_factory=AugmentParams)
+
+    def __post_init__(self) -> None:
+        check(self.device in DEVICES, "device", self.device, f"allowed: {', '.join(DEVICES)}")
+        check(self.batch_size >= 1, "batch_size", self.batch_size, "must be an integer >= 1")
+        check(self.lr > 0, "lr", self.lr, "must be a number > 0")
+        check(0 <= self.momentum < 1, "momentum", self.momentum, "must be a number in [0, 1)")
+        check(self.weight_decay >= 0, "weight_decay", self.weight_decay, "must be a number >= 0")
+        check(self.schedule in SCHEDULES, "schedule", self.schedule, f"allowed: {', '.join(SCHEDULES)}")
+        check(self.step_size >= 1, "step_size", self.step_size, "must be an integer >= 1")
+        check(0 < self.gamma <= 1, "gamma", self.gamma, "must be a number in (0, 1]")
+        check(self.num_workers >= 0, "num_workers", self.num_workers, "must be an integer >= 0")
+
+
+@dataclass(frozen=True)
+class RunParams:
+    epochs: int = 15
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        check(self.epochs >= 1, "epochs", self.epochs, "must be an integer >= 1")
+
+
+@dataclass(frozen=True)
+class DistillParams:
+    alpha: float = 0.7  # weight of the soft (teacher) term; 1 - alpha on hard labels
+    temperature: float = 4.0  # softmax temperature T
+
+    def __post_init__(self) -> None:
+        check(0 <= self.alpha <= 1, "alpha", self.alpha, "must be a number in [0, 1]")
+        check(self.temperature > 0, "temperature", self.temperature, "must be a number > 0")
+
+
+@dataclass(frozen=True)
+class Params:
+    data: DataParams = field(default_factory=DataParams)
+    model: ModelParams = field(default_factory=ModelParams)
+    train: TrainParams = field(default_factory=TrainParams)
+    teacher: RunParams = field(default_factory=RunParams)
+    student: RunParams = field(default_factory=RunParams)  # student_baseline and distill share it
+    distill: DistillParams = field(default_factory=DistillParams)
+
+
+# ----------------------------------------------------------------------------------------------
+# Loading
+def _type_name(tp: Any) -> str:
+    names = {int: "an integer", float: "a number", bool: "true or false", str: "a string"}
+    return names.get(tp, getattr(tp, "__name__", str(tp)))
+
+
+def _coerce(value: Any, tp: Any, key: str) -> Any:
+    """Check `value` against the annotation `tp`, converting YAML lists to tuples."""
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        options = typing.get_args(tp)
+        if value is None and type(None) in options:
+            return None
+        inner = [t for t in options if t is not type(None)]
+        return _coerce(value, inner[0], key)
+    if origin is tuple:
+        check(isinstance(value, (list, tuple)), key, value, "must be a list")
+        (item_tp, _) = typing.get_args(tp)
+        return tuple(_coerce(v, item_tp, key) for v in value)
+    if dataclasses.is_dataclass(tp):
+        check(isinstance(value, dict), key, value, "must be a mapping")
+        return _build(tp, value, key)
+    if tp is float:
+        check(isinstance(value, (int, float)) and not isinstance(value, bool), key, value, f"must be {_type_name(tp)}")
+        return value  # an int is a valid float; kept as written so errors echo the user's value
+    if tp in (int, bool, str):
+        ok = isinstance(value, tp) and not (tp is int and isinstance(value, bool))
+        check(ok, key, value, f"must be {_type_name(tp)}")
+        return value
+    return value
+
+
+def _build(cls: type, data: dict[str, Any], prefix: str) -> Any:
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    for key in data:
+        if key not in names:
+            full = f"{prefix}.{key}" if prefix else key
+            raise EdgecompressError(f"{full} is not a known parameter; allowed under "
+                                    f"{prefix or 'the top level'}: {', '.join(names)}")
+    kwargs = {k: _coerce(v, hints[k], f"{prefix}.{k}" if prefix else k) for k, v in data.items()}
+    try:
+        return cls(**kwargs)
+    except ParamError as exc:
+        if prefix and not exc.key.startswith(prefix + "."):
+            raise ParamError(f"{prefix}.{exc.key}", exc.value, exc.allowed) from None
+        raise
+
+
+def parse_params(data: dict[str, Any] | None) -> Params:
+    """Validate a params mapping (as read from params.yaml) into `Params`."""
+    return _build(Params, data or {}, "")
+
+
+def load_params(path: str | Path = "params.yaml") -> Params:
+    """Read and validate params.yaml.
+
+    Raises:
+        EdgecompressError: one line naming the file, the key, the value and what is allowed.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise EdgecompressError(f"{path}: params file not found")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        raise EdgecompressError(f"{path}: not valid YAML ({str(exc).splitlines()[0]})") from None
+    if data is not None and not isinstance(data, dict):
+        raise EdgecompressError(f"{path}: must be a mapping of blocks (data, model, train, ...)")
+    try:
+        return parse_params(data)
+    except EdgecompressError as exc:
+        raise EdgecompressError(f"{path}: {exc}") from None
+
+
+def as_dict(obj: Any) -> dict[str, Any]:
+    """Plain-dict form of a params dataclass, for metrics files."""
+    return dataclasses.asdict(obj)

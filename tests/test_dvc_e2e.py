@@ -1,0 +1,62 @@
+"""End to end: `dvc repro` on a tiny config, no-op second run, determinism, and `dvc exp run -S`
+re-running only what the changed params touch."""
+
+import json
+import subprocess
+
+import pytest
+
+from conftest import TINY_PARAMS, run, write_params
+
+pytestmark = pytest.mark.slow
+
+TRAIN_STAGES = ("teacher", "student_baseline", "distill")
+
+
+def read_metrics(repo, name):
+    return json.loads((repo / "metrics" / f"{name}.json").read_text())
+
+
+def test_repro_noop_determinism_and_experiment(repo_copy):
+    repo = repo_copy
+    write_params(repo, TINY_PARAMS)
+    subprocess.run(["git", "commit", "-qam", "tiny config"], cwd=repo, check=True)
+
+    run(["dvc", "repro"], repo)
+    for name in TRAIN_STAGES:
+        metrics = read_metrics(repo, name)
+        assert 0 <= metrics["accuracy"] <= 1 and metrics["params"] > 0 and metrics["macs"] > 0
+        assert metrics["size_mb"] > 0
+        assert (repo / "plots" / name / "confusion_matrix.png").stat().st_size > 0
+        assert (repo / "plots" / name / "samples.png").stat().st_size > 0
+        assert (repo / "dvclive" / name / "plots" / "metrics" / "val" / "accuracy.tsv").is_file()
+    for ckpt in ("teacher", "student_baseline", "student"):
+        assert (repo / "models" / f"{ckpt}.pt").is_file()
+    distill = read_metrics(repo, "distill")
+    assert distill["alpha"] == 0.7 and distill["temperature"] == 4.0
+
+    second = run(["dvc", "repro"], repo)
+    assert "Running stage" not in second.stdout
+    assert "up to date" in second.stdout
+
+    # Same params and seeds on CPU -> identical metrics.
+    before = {name: read_metrics(repo, name) for name in TRAIN_STAGES}
+    run(["dvc", "repro", "--force"], repo)
+    assert {name: read_metrics(repo, name) for name in TRAIN_STAGES} == before
+
+    run(["git", "add", "-A"], repo)
+    run(["git", "commit", "-qm", "baseline run"], repo)
+    teacher_mtime = (repo / "models" / "teacher.pt").stat().st_mtime_ns
+    exp = run(["dvc", "exp", "run", "-S", "distill.alpha=0.2", "-S", "distill.temperature=2"], repo)
+    assert "Running stage 'distill'" in exp.stdout
+    for untouched in ("prepare", "teacher", "student_baseline"):
+        assert f"Running stage '{untouched}'" not in exp.stdout
+    assert (repo / "models" / "teacher.pt").stat().st_mtime_ns == teacher_mtime
+    changed = read_metrics(repo, "distill")
+    assert changed["alpha"] == 0.2 and changed["temperature"] == 2
+    assert changed["loss"] != before["distill"]["loss"]
+
+    shown = json.loads(run(["dvc", "exp", "show", "--json"], repo).stdout)
+    assert len(shown) >= 1 and any(exp.get("experiments") for exp in shown)
+    diff = json.loads(run(["dvc", "metrics", "diff", "--json"], repo).stdout)
+    assert "metrics/distill.json" in diff and "alpha" in diff["metrics/distill.json"]

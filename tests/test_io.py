@@ -1,0 +1,46 @@
+"""Atomic writes and safe checkpoint loading."""
+
+import pytest
+import torch
+
+from edgecompress import EdgecompressError
+from edgecompress.io import atomic_write, load_torch, read_json, save_torch, write_json
+
+
+def test_exception_mid_save_leaves_previous_file_intact(tmp_path):
+    target = tmp_path / "model.pt"
+    save_torch(target, {"w": torch.ones(3)})
+    before = target.read_bytes()
+    with pytest.raises(RuntimeError):
+        with atomic_write(target, "wb") as handle:
+            handle.write(b"partial garbage")
+            raise RuntimeError("killed mid-write")
+    assert target.read_bytes() == before
+    assert [p.name for p in tmp_path.iterdir()] == ["model.pt"]  # no temp file left behind
+
+
+def test_unserialisable_object_mid_save_keeps_previous_json(tmp_path):
+    target = tmp_path / "metrics.json"
+    write_json(target, {"accuracy": 0.9})
+    with pytest.raises(TypeError):
+        write_json(target, {"accuracy": object()})
+    assert read_json(target) == {"accuracy": 0.9}
+
+
+def test_corrupt_checkpoint_names_the_file(tmp_path):
+    bad = tmp_path / "teacher.pt"
+    bad.write_bytes(b"not a checkpoint")
+    with pytest.raises(EdgecompressError, match="teacher.pt"):
+        load_torch(bad)
+
+
+def test_pickled_code_is_refused(tmp_path):
+    path = tmp_path / "unsafe.pt"
+    torch.save({"model": torch.nn.Linear(2, 2)}, path)  # a pickled module, not a state dict
+    with pytest.raises(EdgecompressError, match="weights_only"):
+        load_torch(path)
+
+
+def test_missing_checkpoint_is_one_clear_error(tmp_path):
+    with pytest.raises(EdgecompressError, match="not found"):
+        load_torch(tmp_path / "nope.pt")
