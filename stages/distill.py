@@ -2,22 +2,23 @@
 (soft term weighted by distill.alpha at temperature distill.temperature, hard labels by 1 - alpha)."""
 
 from edgecompress.distill import DistillationLoss
-from edgecompress.models import load_checkpoint
-from edgecompress.pipeline import TRAIN_STAGE_PATHS, log, read_params, run_stage, stage_args, train_classifier
+from edgecompress.pipeline import (TRAIN_STAGE_PATHS, load_teacher, new_model, read_params, run_stage, stage_args,
+                                   train_classifier)
 
 
 def main() -> None:
     args = stage_args(__doc__, {**TRAIN_STAGE_PATHS, "teacher": "teacher checkpoint"})
     params = read_params(args.params)
-    teacher, info = load_checkpoint(args.teacher)
-    log.info("teacher %s loaded (test accuracy %.4f)", info["arch"]["name"], info["meta"]["test_accuracy"])
+    teacher, info = load_teacher(args.teacher, args.data)
     kd = params.distill
-    loss = DistillationLoss(teacher, alpha=kd.alpha, temperature=kd.temperature)
-    train_classifier(stage="distill", prepared_dir=args.data, arch=params.model.student,
-                     small_input=params.model.small_input, run=params.student, recipe=params.train,
-                     checkpoint_out=args.out, metrics_out=args.metrics, plots_dir=args.plots, live_dir=args.live,
-                     loss_fn=loss, extra_metrics={"alpha": kd.alpha, "temperature": kd.temperature,
-                                                  "teacher_accuracy": info["meta"]["test_accuracy"]})
+    model, arch = new_model(params.model.student, params.model.small_input, args.data,
+                            seed=params.student.seed)
+    train_classifier(stage="distill", prepared_dir=args.data, model=model, arch=arch, epochs=params.student.epochs,
+                     seed=params.student.seed, recipe=params.train, checkpoint_out=args.out,
+                     metrics_out=args.metrics, plots_dir=args.plots, live_dir=args.live,
+                     loss_fn=DistillationLoss(teacher, alpha=kd.alpha, temperature=kd.temperature),
+                     extra_metrics={"alpha": kd.alpha, "temperature": kd.temperature,
+                                    "teacher_accuracy": round(info["meta"]["test_accuracy"], 6)})
 
 
 if __name__ == "__main__":

@@ -1,13 +1,17 @@
 """Stage `teacher`: train the teacher on hard labels; keep the best-validation checkpoint."""
 
-from edgecompress.pipeline import TRAIN_STAGE_PATHS, read_params, run_stage, stage_args, train_classifier
+from edgecompress.pipeline import TRAIN_STAGE_PATHS, new_model, read_params, run_stage, stage_args, train_classifier
+
 
 def main() -> None:
     args = stage_args(__doc__, TRAIN_STAGE_PATHS)
     params = read_params(args.params)
-    train_classifier(stage="teacher", prepared_dir=args.data, arch=params.model.teacher,
-                     small_input=params.model.small_input, run=params.teacher, recipe=params.train,
-                     checkpoint_out=args.out, metrics_out=args.metrics, plots_dir=args.plots, live_dir=args.live)
+    model, arch = new_model(params.model.teacher, params.model.small_input, args.data,
+                            seed=params.teacher.seed)
+    train_classifier(stage="teacher", prepared_dir=args.data, model=model, arch=arch, epochs=params.teacher.epochs,
+                     seed=params.teacher.seed, recipe=params.train, checkpoint_out=args.out,
+                     metrics_out=args.metrics, plots_dir=args.plots, live_dir=args.live)
+
 
 if __name__ == "__main__":
     run_stage(main)

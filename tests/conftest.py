@@ -21,6 +21,8 @@ TINY_PARAMS = {
     "train": {"batch_size": 32},
     "teacher": {"epochs": 1},
     "student": {"epochs": 1},
+    "prune": {"finetune_epochs": 1},
+    "quantize": {"calibration_samples": 64, "qat_epochs": 1},
 }
 
 

@@ -10,7 +10,9 @@ from conftest import TINY_PARAMS, run, write_params
 
 pytestmark = pytest.mark.slow
 
-TRAIN_STAGES = ("teacher", "student_baseline", "distill")
+TRAIN_STAGES = ("teacher", "student_baseline", "distill", "prune")
+QUANT_VARIANTS = ("ptq_x86", "ptq_fbgemm", "ptq_qnnpack", "ptq_custom", "dynamic", "fp16", "qat", "onnx_fp32",
+                  "onnx_int8")
 
 
 def read_metrics(repo, name):
@@ -30,8 +32,16 @@ def test_repro_noop_determinism_and_experiment(repo_copy):
         assert (repo / "plots" / name / "confusion_matrix.png").stat().st_size > 0
         assert (repo / "plots" / name / "samples.png").stat().st_size > 0
         assert (repo / "dvclive" / name / "plots" / "metrics" / "val" / "accuracy.tsv").is_file()
-    for ckpt in ("teacher", "student_baseline", "student"):
+    for ckpt in ("teacher", "student_baseline", "student", "pruned"):
         assert (repo / "models" / f"{ckpt}.pt").is_file()
+    prune = read_metrics(repo, "prune")
+    assert prune["params"] < prune["params_before"] and prune["macs_after"] < prune["macs_before"]
+    quant = read_metrics(repo, "quantize")["variants"]
+    for name in QUANT_VARIANTS:
+        entry = quant[name]
+        assert "skipped" in entry or (0 <= entry["accuracy"] <= 1 and (repo / "models" / "quantized" /
+                                                                         entry["artifact"]).is_file()), name
+    assert quant["dynamic"]["layers"]["float_layers"].get("Conv2d", 0) > 0
     distill = read_metrics(repo, "distill")
     assert distill["alpha"] == 0.7 and distill["temperature"] == 4.0
 
@@ -41,8 +51,10 @@ def test_repro_noop_determinism_and_experiment(repo_copy):
 
     # Same params and seeds on CPU -> identical metrics.
     before = {name: read_metrics(repo, name) for name in TRAIN_STAGES}
-    run(["dvc", "repro", "--force"], repo)
-    assert {name: read_metrics(repo, name) for name in TRAIN_STAGES} == before
+    run(["dvc", "repro", "--force", "distill"], repo)  # determinism of the training stages
+    assert {name: read_metrics(repo, name) for name in TRAIN_STAGES[:3]} == {
+        name: before[name] for name in TRAIN_STAGES[:3]}
+    run(["dvc", "repro"], repo)  # prune/quantize again, on bit-identical inputs
 
     run(["git", "add", "-A"], repo)
     run(["git", "commit", "-qm", "baseline run"], repo)
@@ -60,3 +72,13 @@ def test_repro_noop_determinism_and_experiment(repo_copy):
     assert len(shown) >= 1 and any(exp.get("experiments") for exp in shown)
     diff = json.loads(run(["dvc", "metrics", "diff", "--json"], repo).stdout)
     assert "metrics/distill.json" in diff and "alpha" in diff["metrics/distill.json"]
+
+    # Pruning ratio: re-runs prune and quantize, nothing upstream.
+    run(["git", "add", "-A"], repo)
+    run(["git", "commit", "-qm", "alpha experiment applied"], repo)
+    exp = run(["dvc", "exp", "run", "-S", "prune.ratio=0.5"], repo)
+    assert "Running stage 'prune'" in exp.stdout and "Running stage 'quantize'" in exp.stdout
+    for untouched in ("prepare", "teacher", "student_baseline", "distill"):
+        assert f"Running stage '{untouched}'" not in exp.stdout
+    halved = read_metrics(repo, "prune")
+    assert halved["ratio"] == 0.5 and halved["params"] < prune["params"]

@@ -48,6 +48,11 @@ BAD_VALUES = [
     ("train.schedule", "linear", "allowed: cosine, step"),
     ("train.lr", -1, "must be a number > 0"),
     ("train.augment.rotation", 400, "[0, 180]"),
+    ("prune.ratio", 1.0, "[0, 1)"),
+    ("prune.ratio", -0.1, "[0, 1)"),
+    ("prune.importance", "foo", "l1, l2, random, taylor"),
+    ("prune.iterative_steps", 0, ">= 1"),
+    ("prune.finetune_epochs", -1, ">= 0"),
 ]
 
 
@@ -65,6 +70,10 @@ def test_unknown_key_is_named():
     data = with_value("distill.alpah", 0.5)
     with pytest.raises(EdgecompressError, match=r"distill.alpah is not a known parameter.*alpha, temperature"):
         parse_params(data)
+
+
+def test_prune_global_is_read_from_its_yaml_name():
+    assert parse_params(with_value("prune.global", True)).prune.config().global_pruning is True
 
 
 def test_dataset_with_missing_root_is_rejected():

@@ -37,11 +37,20 @@ def atomic_write(path: str | Path, mode: str = "wb") -> Iterator[Any]:
             yield handle
             handle.flush()
             os.fsync(handle.fileno())
-        os.replace(tmp_name, path)
+        publish(tmp_name, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp_name)
         raise
+
+
+def publish(tmp_path: str | Path, path: str | Path) -> None:
+    """Give a finished temporary file normal permissions (mkstemp makes 0600) and rename it over
+    `path` (atomic within one file system)."""
+    mask = os.umask(0)
+    os.umask(mask)
+    os.chmod(tmp_path, 0o666 & ~mask)
+    os.replace(tmp_path, path)
 
 
 def write_json(path: str | Path, data: Any) -> None:

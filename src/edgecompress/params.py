@@ -17,6 +17,7 @@ from typing import Any
 import yaml
 
 from edgecompress import EdgecompressError
+from edgecompress.quantize import QuantizeConfig
 
 DEVICES = ("auto", "cpu", "cuda")
 SCHEDULES = ("cosine", "step")
@@ -142,6 +143,42 @@ class DistillParams:
 
 
 @dataclass(frozen=True)
+class PruneParams:
+    ratio: float = 0.2  # fraction of channels removed per prunable group, [0, 1)
+    importance: str = "l1"  # l1 | l2 | taylor | random (control)
+    global_pruning: bool = field(default=False, metadata={"yaml": "global"})  # rank across layers
+    iterative_steps: int = 1  # prune in this many steps, re-ranking after each
+    round_to: int | None = None  # keep channel counts multiples of this; null = exact
+    finetune_epochs: int = 5  # after pruning; 0 = none
+    finetune_lr: float = 0.01
+    finetune_kd: bool = True  # fine-tune with the distillation loss from the teacher
+    seed: int = 3
+
+    def __post_init__(self) -> None:
+        self.config()  # PruneConfig validates ratio/importance/steps with prune.<key> messages
+        check(self.finetune_epochs >= 0, "finetune_epochs", self.finetune_epochs, "must be an integer >= 0")
+        check(self.finetune_lr > 0, "finetune_lr", self.finetune_lr, "must be a number > 0")
+
+    def config(self) -> "PruneConfig":
+        """The pruning method's settings (`prune.PruneConfig`)."""
+        from edgecompress.prune import PruneConfig
+
+        return PruneConfig(ratio=self.ratio, importance=self.importance, global_pruning=self.global_pruning,
+                           iterative_steps=self.iterative_steps, round_to=self.round_to)
+
+
+@dataclass(frozen=True)
+class QuantizeParams(QuantizeConfig):
+    """`quantize` block: the method settings (`quantize.QuantizeConfig`, validated there) plus a seed."""
+
+    seed: int = 4
+
+    def config(self) -> QuantizeConfig:
+        """The settings without the stage-level seed."""
+        return QuantizeConfig(**{f.name: getattr(self, f.name) for f in dataclasses.fields(QuantizeConfig)})
+
+
+@dataclass(frozen=True)
 class Params:
     data: DataParams = field(default_factory=DataParams)
     model: ModelParams = field(default_factory=ModelParams)
@@ -149,6 +186,8 @@ class Params:
     teacher: RunParams = field(default_factory=RunParams)
     student: RunParams = field(default_factory=RunParams)  # student_baseline and distill share it
     distill: DistillParams = field(default_factory=DistillParams)
+    prune: PruneParams = field(default_factory=PruneParams)
+    quantize: QuantizeParams = field(default_factory=QuantizeParams)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -186,13 +225,14 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
 
 def _build(cls: type, data: dict[str, Any], prefix: str) -> Any:
     hints = typing.get_type_hints(cls)
-    names = [f.name for f in dataclasses.fields(cls)]
+    # YAML name -> field name; a field's metadata "yaml" renames it (`global` is a Python keyword).
+    names = {f.metadata.get("yaml", f.name): f.name for f in dataclasses.fields(cls)}
     for key in data:
         if key not in names:
             full = f"{prefix}.{key}" if prefix else key
             raise EdgecompressError(f"{full} is not a known parameter; allowed under "
                                     f"{prefix or 'the top level'}: {', '.join(names)}")
-    kwargs = {k: _coerce(v, hints[k], f"{prefix}.{k}" if prefix else k) for k, v in data.items()}
+    kwargs = {names[k]: _coerce(v, hints[names[k]], f"{prefix}.{k}" if prefix else k) for k, v in data.items()}
     try:
         return cls(**kwargs)
     except ParamError as exc:

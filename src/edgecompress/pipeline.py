@@ -4,6 +4,7 @@ that the teacher, student_baseline and distill stages (and later fine-tuning) ha
 from __future__ import annotations
 
 import argparse
+import functools
 import logging
 import os
 import sys
@@ -78,13 +79,27 @@ def write_eval_plots(*, stage: str, test: dict[str, Any], prepared_dir: str | Pa
                       plots_dir / "samples.png", title=stage)
 
 
-def train_classifier(*, stage: str, prepared_dir: str | Path, arch: ArchParams, small_input: bool,
-                     run: RunParams, recipe: TrainParams, checkpoint_out: str | Path, metrics_out: str | Path,
-                     plots_dir: str | Path, live_dir: str | Path,
-                     loss_fn: LossFn = hard_label_loss, extra_metrics: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Train `arch` on the prepared data, keep the best-validation weights, evaluate on test, and
-    write checkpoint, metrics JSON, dvclive curves and PNG plots.
+def new_model(arch: ArchParams, small_input: bool, prepared_dir: str | Path, seed: int) -> tuple[nn.Module, dict[str, Any]]:
+    """An untrained `arch` sized for the prepared data set (initialised from `seed`), and its
+    checkpoint `arch` entry."""
+    num_classes = load_meta(prepared_dir)["num_classes"]
+    seed_everything(seed)
+    model = build_model(arch.arch, num_classes, arch.width, small_input)
+    return model, arch_config(arch.arch, num_classes, arch.width, small_input)
 
+
+def train_classifier(*, stage: str, prepared_dir: str | Path, model: nn.Module, arch: dict[str, Any],
+                     epochs: int, seed: int, recipe: TrainParams, checkpoint_out: str | Path,
+                     metrics_out: str | Path, plots_dir: str | Path, live_dir: str | Path,
+                     loss_fn: LossFn = hard_label_loss, lr: float | None = None,
+                     extra_metrics: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Train `model` on the prepared data (epochs may be 0: evaluate only), keep the best-validation
+    weights, evaluate on test, and write checkpoint, metrics JSON, dvclive curves and PNG plots.
+
+    Args:
+        arch: the checkpoint's `arch` entry (`models.arch_config`); a pruned model keeps its
+            original arch and is rebuilt from the state dict's shapes.
+        lr: overrides `recipe.lr` (fine-tuning uses a smaller one).
     Outputs are written only after training and evaluation succeeded, each atomically, metrics last.
 
     Returns:
@@ -92,42 +107,63 @@ def train_classifier(*, stage: str, prepared_dir: str | Path, arch: ArchParams, 
     """
     from dvclive import Live
 
-    seed_everything(run.seed)
+    seed_everything(seed)
     meta = load_meta(prepared_dir)
     num_classes, classes = meta["num_classes"], meta["classes"]
+    if arch["num_classes"] != num_classes:
+        raise EdgecompressError(f"{stage}: model has {arch['num_classes']} outputs but data set "
+                                f"'{meta['name']}' has {num_classes} classes; re-run the upstream stages")
     device = resolve_device(recipe.device)
-    log.info("%s: %s (width %s) on %s, %d epochs, data '%s' (%s train images)", stage, arch.arch, arch.width,
-             device, run.epochs, meta["name"], meta["splits"]["train"])
-    train_loader = make_loader(prepared_dir, "train", batch_size=recipe.batch_size, train=True, seed=run.seed,
-                               augment=asdict(recipe.augment), num_workers=recipe.num_workers)
-    val_loader = make_loader(prepared_dir, "val", batch_size=EVAL_BATCH_SIZE, train=False, seed=run.seed)
-    test_loader = make_loader(prepared_dir, "test", batch_size=EVAL_BATCH_SIZE, train=False, seed=run.seed)
-    model = build_model(arch.arch, num_classes, arch.width, small_input)
-
+    log.info("%s: %s (width %s) on %s, %d epochs, data '%s' (%s train images)", stage, arch["name"],
+             arch["width"], device, epochs, meta["name"], meta["splits"]["train"])
+    loader = functools.partial(make_loader, prepared_dir, seed=seed)
+    test_loader = loader("test", batch_size=EVAL_BATCH_SIZE, train=False)
     with Live(dir=str(live_dir), save_dvc_exp=False, dvcyaml=None, report=None) as live:
-        result: FitResult = fit(
-            model, train_loader, val_loader, loss_fn=loss_fn, num_classes=num_classes, epochs=run.epochs,
-            lr=recipe.lr, momentum=recipe.momentum, weight_decay=recipe.weight_decay, schedule=recipe.schedule,
-            step_size=recipe.step_size, gamma=recipe.gamma, device=device, amp=recipe.amp, logger=live, desc=stage,
-        )
+        history: list[dict[str, float]] = []
+        fit_info: dict[str, Any] = {}
+        if epochs > 0:
+            result: FitResult = fit(
+                model, loader("train", batch_size=recipe.batch_size, train=True, augment=asdict(recipe.augment),
+                              num_workers=recipe.num_workers),
+                loader("val", batch_size=EVAL_BATCH_SIZE, train=False), loss_fn=loss_fn,
+                num_classes=num_classes, epochs=epochs, lr=lr or recipe.lr, momentum=recipe.momentum,
+                weight_decay=recipe.weight_decay, schedule=recipe.schedule, step_size=recipe.step_size,
+                gamma=recipe.gamma, device=device, amp=recipe.amp, logger=live, desc=stage,
+            )
+            history = result.history
+            fit_info = {"best_epoch": result.best_epoch, "val_accuracy": round(result.best_val_accuracy, 6)}
+            log.info("%s: best val accuracy %.4f at epoch %d (%.1f s training)", stage,
+                     result.best_val_accuracy, result.best_epoch, result.seconds)
         test = evaluate(model, test_loader, num_classes=num_classes, device=device, amp=recipe.amp)
         live.log_sklearn_plot("confusion_matrix", [classes[i] for i in test["targets"]],
                               [classes[i] for i in test["preds"]], name="confusion_matrix.json")
-    log.info("%s: best val accuracy %.4f at epoch %d; test accuracy %.4f (%.1f s training)", stage,
-             result.best_val_accuracy, result.best_epoch, test["accuracy"], result.seconds)
+    log.info("%s: test accuracy %.4f", stage, test["accuracy"])
 
     model.cpu().eval()
-    save_checkpoint(checkpoint_out, model, arch_config(arch.arch, num_classes, arch.width, small_input),
+    save_checkpoint(checkpoint_out, model, arch,
                     meta={"stage": stage, "data": meta["name"], "classes": classes, "image_size": meta["image_size"],
                           "mean": meta["mean"], "std": meta["std"], "test_accuracy": test["accuracy"]})
     write_eval_plots(stage=stage, test=test, prepared_dir=prepared_dir, classes=classes, plots_dir=plots_dir,
-                     history=result.history)
+                     history=history)
     metrics = classifier_metrics(model, test, meta, checkpoint_out)
-    metrics.update({"best_epoch": result.best_epoch, "val_accuracy": round(result.best_val_accuracy, 6),
-                    "epochs": run.epochs, "arch": arch.arch, "width": arch.width})
+    metrics.update(fit_info)
+    metrics.update({"epochs": epochs, "arch": arch["name"], "width": arch["width"]})
     metrics.update(extra_metrics or {})
     write_json(metrics_out, metrics)
     return metrics
+
+
+def load_teacher(path: str | Path, prepared_dir: str | Path) -> tuple[nn.Module, dict[str, Any]]:
+    """Load the teacher checkpoint and check it was trained for the prepared data set's classes."""
+    from edgecompress.models import load_checkpoint
+
+    teacher, info = load_checkpoint(path)
+    meta = load_meta(prepared_dir)
+    if info["arch"]["num_classes"] != meta["num_classes"] or info["meta"].get("classes") != meta["classes"]:
+        raise EdgecompressError(f"{path}: teacher was trained on other classes than data set '{meta['name']}' "
+                                f"in {prepared_dir}; re-run the teacher stage")
+    log.info("teacher %s loaded (test accuracy %.4f)", info["arch"]["name"], info["meta"]["test_accuracy"])
+    return teacher, info
 
 
 def classifier_metrics(model: nn.Module, test: dict[str, Any], meta: dict[str, Any],

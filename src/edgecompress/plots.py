@@ -32,7 +32,8 @@ def training_curves(history: Sequence[dict[str, float]], path: str | Path, title
     for split in ("train", "val"):
         ax_loss.plot(epochs, [r[f"{split}_loss"] for r in history], marker="o", ms=3, label=split)
         ax_acc.plot(epochs, [r[f"{split}_accuracy"] for r in history], marker="o", ms=3, label=split)
-    ax_loss.set(xlabel="epoch", ylabel="cross-entropy" if "distill" not in title else "loss", title="loss")
+    ax_loss.set(xlabel="epoch", ylabel="loss", title="loss")
+    ax_loss.set_yscale("log")  # early epochs can be 100x the final loss
     ax_acc.set(xlabel="epoch", ylabel="accuracy", title="accuracy", ylim=(0, 1.01))
     for ax in (ax_loss, ax_acc):
         ax.grid(alpha=0.3)

@@ -152,12 +152,12 @@ def fit(model: nn.Module, train_loader: torch.utils.data.DataLoader, val_loader:
     best_state: dict[str, torch.Tensor] | None = None
     result = FitResult(best_epoch=-1, best_val_accuracy=0.0, best_val_loss=math.inf)
     start = time.perf_counter()
-    for epoch in tqdm(range(epochs), desc=desc, unit="epoch", leave=False):
+    for epoch in tqdm(range(epochs), desc=desc, unit="epoch", leave=False, disable=None):
         if epoch_hook is not None:
             epoch_hook(epoch, model)
         model.train()
         running_loss, correct, seen = 0.0, 0, 0
-        for x, y in tqdm(train_loader, desc=f"epoch {epoch + 1}/{epochs}", unit="batch", leave=False):
+        for x, y in tqdm(train_loader, desc=f"epoch {epoch + 1}/{epochs}", unit="batch", leave=False, disable=None):
             x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
             optimizer.zero_grad(set_to_none=True)
             with torch.autocast(device.type, dtype=torch.float16, enabled=use_amp):

@@ -1,0 +1,265 @@
+"""Quantization variants: INT8 agreement with FP32, artifacts that reload in a bare Python, config checks.
+
+One small resnet20 (width 0.5) is trained for a few seconds on a synthetic, separable 10-class task
+(class prototype + noise) so its logits have real margins; otherwise argmax agreement of a random-init
+model measures noise, not quantization quality.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import torch
+import torch.nn as nn
+from torch.utils.data import DataLoader, TensorDataset
+
+from edgecompress import EdgecompressError
+from edgecompress import quantize as q
+from edgecompress.models import build_model
+
+NUM_CLASSES = 10
+INT8_VARIANTS = ("ptq_x86", "ptq_fbgemm", "ptq_qnnpack", "ptq_custom", "qat", "onnx_int8")
+
+
+def _sample(prototypes: torch.Tensor, n: int, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    labels = torch.randint(0, NUM_CLASSES, (n,), generator=gen)
+    return prototypes[labels] + 0.5 * torch.randn(n, 3, 32, 32, generator=gen), labels
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """One intra-op thread: on a shared 2-core machine, 2 OpenMP threads competing with another
+    process make each training step ~20x slower (spinning barriers)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def setup() -> dict:
+    """A trained float model, calibration images and a fixed evaluation batch (same distribution)."""
+    torch.manual_seed(0)
+    gen = torch.Generator().manual_seed(0)
+    # Smooth class prototypes (upsampled 4x4 noise): learnable through conv + global pooling.
+    prototypes = 1.5 * nn.functional.interpolate(
+        torch.randn(NUM_CLASSES, 3, 4, 4, generator=gen), size=32, mode="bilinear", align_corners=False)
+    model = build_model("resnet20", num_classes=NUM_CLASSES, width=0.5)
+    optimizer = torch.optim.Adam(model.parameters(), lr=3e-3)
+    model.train()
+    for _ in range(30):
+        x, y = _sample(prototypes, 64, gen)
+        optimizer.zero_grad()
+        nn.functional.cross_entropy(model(x), y).backward()
+        optimizer.step()
+    # Re-estimate BN statistics for the final weights (cumulative average): the running stats of a
+    # 30-step run lag behind its weights, which makes eval logits fragile to any BN update (QAT).
+    for module in model.modules():
+        if isinstance(module, nn.BatchNorm2d):
+            module.reset_running_stats()
+            module.momentum = None
+    with torch.no_grad():
+        for _ in range(4):
+            model(_sample(prototypes, 128, gen)[0])
+    model.eval()
+    calib, _ = _sample(prototypes, 128, gen)
+    batch, labels = _sample(prototypes, 64, gen)
+    with torch.no_grad():
+        logits = model(batch)
+    return {"model": model, "calib": calib, "batch": batch, "labels": labels, "logits": logits,
+            "prototypes": prototypes, "gen": gen}
+
+
+@pytest.fixture(scope="module")
+def variants(setup, tmp_path_factory) -> dict:
+    """Every variant built once: {name: (module or None, artifact path)}."""
+    out = tmp_path_factory.mktemp("artifacts")
+    model, calib, example = setup["model"], setup["calib"], setup["batch"][:2]
+    built: dict = {}
+    for backend in q.STATIC_BACKENDS:
+        if backend in torch.backends.quantized.supported_engines:
+            built[f"ptq_{backend}"] = q.quantize_static_fx(model, calib, backend=backend)
+    built["ptq_custom"] = q.quantize_static_fx(model, calib, backend="x86", qconfig="custom")
+    built["dynamic"] = q.quantize_dynamic_linear(model)
+    built["fp16"] = q.to_fp16(model)
+    # QAT: one tiny training step, then the freeze helpers the training loop uses in its last epochs.
+    qat = q.prepare_qat(model, (example,), backend="x86")
+    optimizer = torch.optim.SGD(qat.parameters(), lr=1e-4)
+    x, y = _sample(setup["prototypes"], 32, setup["gen"])
+    nn.functional.cross_entropy(qat(x), y).backward()
+    optimizer.step()
+    q.freeze_qat_observers(qat)
+    q.freeze_qat_bn(qat)
+    built["qat"] = q.convert_qat(qat)
+    result = {}
+    for name, module in built.items():
+        path = out / f"{name}.ts"
+        q.save_torchscript(module, (example,), path, metadata={"variant": name})
+        result[name] = (module, path)
+    q.export_onnx(model, (example,), out / "onnx_fp32.onnx")
+    q.quantize_onnx_static(out / "onnx_fp32.onnx", out / "onnx_int8.onnx", calib)
+    result["onnx_fp32"] = (None, out / "onnx_fp32.onnx")
+    result["onnx_int8"] = (None, out / "onnx_int8.onnx")
+    result["_qat_prepared"] = qat
+    return result
+
+
+def _logits(variants: dict, name: str, batch: torch.Tensor) -> torch.Tensor:
+    module, path = variants[name]
+    if module is None:
+        return q.run_onnx(path, batch)
+    engine = getattr(module, "quant_engine", None)
+    with (q.quant_engine(engine) if engine else torch.no_grad()), torch.no_grad():
+        return module(batch)
+
+
+def test_float_model_is_trained(setup):
+    assert (setup["logits"].argmax(1) == setup["labels"]).float().mean() >= 0.9
+
+
+@pytest.mark.parametrize("name", INT8_VARIANTS)
+def test_int8_variant_agrees_with_fp32(setup, variants, name):
+    if name not in variants:
+        pytest.skip(f"{name}: engine not in this torch build")
+    logits = _logits(variants, name, setup["batch"])
+    agreement = (logits.argmax(1) == setup["logits"].argmax(1)).float().mean().item()
+    assert agreement >= 0.95, f"{name}: {agreement:.3f}"
+
+
+def test_static_int8_quantizes_every_layer(variants):
+    summary = q.layer_summary(variants["ptq_x86"][0])
+    assert summary["float"] == 0 and summary["quantized"] == 22  # 21 convs + fc
+    assert summary["quantized_layers"]["ConvReLU2d"] > 0  # Conv-BN-ReLU fused
+
+
+def test_dynamic_quantizes_linear_only(variants, caplog):
+    summary = q.layer_summary(variants["dynamic"][0])
+    assert summary["float_layers"] == {"Conv2d": 21}
+    assert summary["quantized_layers"] == {"Linear": 1}
+    assert variants["dynamic"][0].fc.__class__.__module__.startswith("torch.ao.nn.quantized.dynamic")
+
+
+def test_dynamic_logs_that_conv_stays_float(setup, caplog):
+    with caplog.at_level("INFO", logger="edgecompress.quantize"):
+        q.quantize_dynamic_linear(setup["model"])
+    assert "Conv2d layers stay float32" in caplog.text
+
+
+def test_fp16_takes_float32_input(setup, variants):
+    assert q.fp16_cpu_compute() in (q.FP16_NATIVE, q.FP16_UPCAST)
+    logits = variants["fp16"][0](setup["batch"])
+    assert logits.dtype == torch.float32
+    assert (logits.argmax(1) == setup["logits"].argmax(1)).float().mean() >= 0.95
+    if q.fp16_cpu_compute() == q.FP16_NATIVE:
+        assert variants["fp16"][0].model.fc.weight.dtype == torch.float16
+
+
+def test_onnx_fp32_matches_pytorch(setup, variants):
+    assert q.onnx_max_abs_diff(variants["onnx_fp32"][1], setup["model"], setup["batch"]) < 1e-4
+    # Exporter stack traces are stripped, so the artifact's hash does not depend on the checkout path.
+    assert b"models.py" not in variants["onnx_fp32"][1].read_bytes()
+
+
+def test_artifacts_reload_in_bare_python(setup, variants, tmp_path):
+    """Each artifact loads with torch.jit.load / onnxruntime alone and reproduces in-process logits."""
+    names = [n for n in variants if not n.startswith("_")]
+    expected = {n: _logits(variants, n, setup["batch"]) for n in names}
+    torch.save(setup["batch"], tmp_path / "batch.pt")
+    paths = {n: str(variants[n][1]) for n in names}
+    script = textwrap.dedent(f"""
+        import json, sys, zipfile, torch, onnxruntime
+        paths, batch, out = json.loads({json.dumps(json.dumps(paths))}), torch.load("batch.pt"), {{}}
+        for name, path in paths.items():
+            if path.endswith(".onnx"):
+                sess = onnxruntime.InferenceSession(path, providers=["CPUExecutionProvider"])
+                out[name] = torch.from_numpy(sess.run(None, {{sess.get_inputs()[0].name: batch.numpy()}})[0])
+                continue
+            with zipfile.ZipFile(path) as z:  # the engine must be set before load (weights re-pack)
+                meta = json.loads(z.read(next(n for n in z.namelist() if n.endswith("extra/edgecompress.json"))))
+            torch.backends.quantized.engine = meta["quant_engine"]
+            with torch.no_grad():
+                out[name] = torch.jit.load(path)(batch)
+        assert not any(m.startswith("edgecompress") for m in sys.modules)
+        torch.save(out, "out.pt")
+    """)
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"} | {"OMP_NUM_THREADS": "1"}
+    proc = subprocess.run([sys.executable, "-W", "ignore", "-c", script], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    fresh = torch.load(tmp_path / "out.pt")
+    for name in names:
+        assert torch.allclose(fresh[name], expected[name], atol=1e-5), name
+
+
+def test_torchscript_metadata_and_loader(variants):
+    path = variants["ptq_qnnpack"][1] if "ptq_qnnpack" in variants else variants["ptq_x86"][1]
+    meta = q.read_torchscript_metadata(path)
+    assert meta["quant_engine"] in q.STATIC_BACKENDS and meta["variant"].startswith("ptq_")
+    before = torch.backends.quantized.engine
+    try:
+        assert isinstance(q.load_torchscript(path), torch.jit.ScriptModule)
+        assert torch.backends.quantized.engine == meta["quant_engine"]
+    finally:
+        torch.backends.quantized.engine = before
+
+
+def test_artifact_dir_has_no_temp_files(variants):
+    directory = variants["onnx_fp32"][1].parent
+    assert sorted(p.name for p in directory.iterdir()) == sorted(
+        p.name for n, (_, p) in ((n, v) for n, v in variants.items() if not n.startswith("_")))
+
+
+def test_qat_freeze_helpers(variants):
+    qat = variants["_qat_prepared"]
+    fake_quants = [m for m in qat.modules() if hasattr(m, "observer_enabled")]
+    assert fake_quants and all(int(m.observer_enabled[0]) == 0 for m in fake_quants)
+    assert all(m.freeze_bn for m in qat.modules() if hasattr(m, "freeze_bn"))
+
+
+def test_static_does_not_modify_input(setup):
+    model = setup["model"]
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    q.quantize_static_fx(model, setup["calib"][:8], backend="x86")
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    assert type(model.layer1[0].conv1) is nn.Conv2d
+
+
+def test_backend_unsupported(setup, monkeypatch):
+    with pytest.raises(q.BackendUnsupported, match="'tpu'.*supported engines"):
+        q.quantize_static_fx(setup["model"], setup["calib"][:4], backend="tpu")
+    monkeypatch.setattr(q, "_supported_engines", lambda: ["x86", "fbgemm"])  # e.g. a build without qnnpack
+    with pytest.raises(q.BackendUnsupported, match="qnnpack"):
+        q.quantize_static_fx(setup["model"], setup["calib"][:4], backend="qnnpack")
+    assert issubclass(q.BackendUnsupported, EdgecompressError)
+
+
+def test_config_validation():
+    with pytest.raises(EdgecompressError, match=r"quantize\.backends.*'tpu'.*allowed: x86, fbgemm, qnnpack"):
+        q.QuantizeConfig(backends=("x86", "tpu"))
+    with pytest.raises(EdgecompressError, match=r"quantize\.calibration_samples=0"):
+        q.QuantizeConfig(calibration_samples=0)
+    with pytest.raises(EdgecompressError, match=r"quantize\.qat_epochs=-1"):
+        q.QuantizeConfig(qat_epochs=-1)
+    with pytest.raises(EdgecompressError, match=r"quantize\.variants"):
+        q.QuantizeConfig(variants=["ptq_x86", "int4"])
+    with pytest.raises(EdgecompressError, match=r"quantize\.qat_lr"):
+        q.QuantizeConfig(qat_lr=0)
+    with pytest.raises(EdgecompressError, match=r"quantize\.bogus"):
+        q.QuantizeConfig.from_dict({"bogus": 1})
+    config = q.QuantizeConfig.from_dict({"backends": ["x86"], "calibration_samples": 8192, "qat_epochs": 0})
+    assert config.backends == ("x86",) and q.QuantizeConfig(calibration_samples=1).calibration_samples == 1
+    assert q.QuantizeConfig.from_dict(config.to_dict()) == config
+    assert set(q.QuantizeConfig().variants) == set(q.VARIANTS)
+
+
+def test_calibration_tensors():
+    data = TensorDataset(torch.randn(100, 3, 8, 8), torch.zeros(100, dtype=torch.long))
+    assert q.calibration_tensors(DataLoader(data, batch_size=32), 70).shape == (70, 3, 8, 8)
+    assert q.calibration_tensors(DataLoader(data, batch_size=32), 500).shape[0] == 100
+    with pytest.raises(EdgecompressError):
+        q.calibration_tensors(DataLoader(data, batch_size=32), 0)
