@@ -8,6 +8,7 @@ import torch
 from edgecompress.data import load_meta, make_loader
 from edgecompress.distill import DistillationLoss, hard_label_loss
 from edgecompress.models import load_checkpoint
+from edgecompress.goals import target
 from edgecompress.pipeline import (EVAL_BATCH_SIZE, TRAIN_STAGE_PATHS, load_teacher, log, read_params, run_stage,
                                    stage_args, train_classifier)
 from edgecompress.prune import prune_model
@@ -47,7 +48,12 @@ def main() -> None:
                          "accuracy_unpruned": round(before, 6), "accuracy_after_pruning": round(pruned, 6),
                          **{k: round(v, 6) if isinstance(v, float) else v for k, v in report.items()},
                          "ratio": cfg.ratio, "importance": cfg.importance, "global": cfg.global_pruning,
-                         "iterative_steps": cfg.iterative_steps, "finetune_kd": cfg.finetune_kd})
+                         "iterative_steps": cfg.iterative_steps, "finetune_kd": cfg.finetune_kd},
+                     derived_metrics=lambda m: {"targets": {  # the project's goals at the default ratio 0.2
+                         "mac_reduction": target(report["mac_ratio_removed"], at_least=0.30,
+                                                 goal=">= 0.30 of MACs removed"),
+                         "accuracy_drop_points": target(100 * (before - m["accuracy"]), at_most=1.0,
+                                                        goal="fine-tuned within 1.0 point of the unpruned student")}})
 
 
 if __name__ == "__main__":

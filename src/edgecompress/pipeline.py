@@ -92,7 +92,8 @@ def train_classifier(*, stage: str, prepared_dir: str | Path, model: nn.Module, 
                      epochs: int, seed: int, recipe: TrainParams, checkpoint_out: str | Path,
                      metrics_out: str | Path, plots_dir: str | Path, live_dir: str | Path,
                      loss_fn: LossFn = hard_label_loss, lr: float | None = None,
-                     extra_metrics: dict[str, Any] | None = None) -> dict[str, Any]:
+                     extra_metrics: dict[str, Any] | None = None,
+                     derived_metrics: Callable[[dict[str, Any]], dict[str, Any]] | None = None) -> dict[str, Any]:
     """Train `model` on the prepared data (epochs may be 0: evaluate only), keep the best-validation
     weights, evaluate on test, and write checkpoint, metrics JSON, dvclive curves and PNG plots.
 
@@ -100,6 +101,7 @@ def train_classifier(*, stage: str, prepared_dir: str | Path, model: nn.Module, 
         arch: the checkpoint's `arch` entry (`models.arch_config`); a pruned model keeps its
             original arch and is rebuilt from the state dict's shapes.
         lr: overrides `recipe.lr` (fine-tuning uses a smaller one).
+        derived_metrics: computes extra entries (e.g. goals) from the metrics before they are written.
     Outputs are written only after training and evaluation succeeded, each atomically, metrics last.
 
     Returns:
@@ -149,6 +151,8 @@ def train_classifier(*, stage: str, prepared_dir: str | Path, model: nn.Module, 
     metrics.update(fit_info)
     metrics.update({"epochs": epochs, "arch": arch["name"], "width": arch["width"]})
     metrics.update(extra_metrics or {})
+    if derived_metrics is not None:
+        metrics.update(derived_metrics(metrics))
     write_json(metrics_out, metrics)
     return metrics
 

@@ -616,3 +616,42 @@ def weights_payload_bytes(path: str | Path) -> int:
     with zipfile.ZipFile(path) as archive:
         return int(sum(i.file_size for i in archive.infolist() if "/data/" in i.filename
                        and not i.filename.endswith("/data.pkl")))
+
+
+def measure_variant(name: str, path: Path, built: nn.Module | None, *, config: QuantizeConfig,
+                    evaluate_fn: Any, fp32: dict[str, Any], fp32_size_mb: float) -> dict[str, Any]:
+    """Metrics of one variant, measured on the artifact reloaded from disk (not the in-memory model).
+
+    Args:
+        evaluate_fn: callable(model) -> `train.evaluate` result on the test split.
+        fp32: `train.evaluate` result of the float pruned model (accuracy and predictions).
+        fp32_size_mb: size of the float model's TorchScript artifact, the size reference.
+    """
+    test = evaluate_fn(load_artifact(path))
+    size = os.path.getsize(path) / 1e6
+    return {
+        "accuracy": round(test["accuracy"], 6),
+        "accuracy_delta_points": round(100 * (test["accuracy"] - fp32["accuracy"]), 3),
+        "agreement_with_fp32": round((test["preds"] == fp32["preds"]).float().mean().item(), 6),
+        "size_mb": round(size, 4), "weights_mb": round(weights_payload_bytes(path) / 1e6, 4),
+        "size_ratio_vs_fp32": round(size / fp32_size_mb, 4),
+        "artifact": path.name, "layers": artifact_layer_summary(path, built),
+        "settings": variant_settings(name, config)}
+
+
+def quality_targets(results: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """The project's quality goals checked on the measured variants (skipped ones are left out):
+    ptq_x86 within 1.0 point and qat within 0.5 point of FP32; fully INT8 artifacts <= 0.30 x FP32 size."""
+    from edgecompress.goals import target
+
+    goals = {}
+    for name, limit in (("ptq_x86", 1.0), ("qat", 0.5)):
+        if "accuracy" in results.get(name, {}):
+            goals[f"{name}_accuracy_drop_points"] = target(-results[name]["accuracy_delta_points"], at_most=limit,
+                                                           goal=f"within {limit} point of FP32 pruned")
+    for name, entry in results.items():
+        layers = entry.get("layers", {})
+        if layers.get("quantized") and not layers.get("float"):
+            goals[f"{name}_size_ratio"] = target(entry["size_ratio_vs_fp32"], at_most=0.30,
+                                                 goal="<= 0.30 x FP32 pruned file size")
+    return goals

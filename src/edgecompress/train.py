@@ -36,16 +36,18 @@ class Logger(Protocol):
     def next_step(self) -> None: ...
 
 
-def seed_everything(seed: int) -> None:
-    """Seed Python, NumPy and torch, and ask torch for deterministic kernels.
+def seed_everything(seed: int, *, deterministic_kernels: bool = True) -> None:
+    """Seed Python, NumPy and torch, and (by default) ask torch for deterministic kernels.
 
     On CPU with a fixed thread count this makes two runs with the same params bit-identical;
-    `warn_only` keeps CUDA ops without a deterministic variant usable.
+    `warn_only` keeps CUDA ops without a deterministic variant usable. Quantized CPU kernels
+    (e.g. quantized_resize_cpu_) are all flagged as lacking a deterministic variant, so the
+    quantize stage passes `deterministic_kernels=False` to avoid a warning per call.
     """
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
-    torch.use_deterministic_algorithms(True, warn_only=True)
+    torch.use_deterministic_algorithms(deterministic_kernels, warn_only=True)
 
 
 def resolve_device(name: str) -> torch.device:
