@@ -23,6 +23,8 @@ TINY_PARAMS = {
     "student": {"epochs": 1},
     "prune": {"finetune_epochs": 1},
     "quantize": {"calibration_samples": 64, "qat_epochs": 1},
+    # In-process, no torch.compile: the benchmark's isolated and compiled paths have their own tests.
+    "bench": {"batch_sizes": [1, 4], "warmup": 1, "repeats": 3, "compile": False, "isolate": False},
 }
 
 

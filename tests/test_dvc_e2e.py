@@ -2,6 +2,7 @@
 re-running only what the changed params touch."""
 
 import json
+import math
 import subprocess
 
 import pytest
@@ -17,6 +18,32 @@ QUANT_VARIANTS = ("ptq_x86", "ptq_fbgemm", "ptq_qnnpack", "ptq_custom", "dynamic
 
 def read_metrics(repo, name):
     return json.loads((repo / "metrics" / f"{name}.json").read_text())
+
+
+def check_benchmark_and_report(repo, quant):
+    """Every variant at every batch size with positive finite timings, and each variant's accuracy equal
+    to what its own stage reported on the same test split; REPORT.md and the plots written."""
+    bench = read_metrics(repo, "benchmark")
+    stage_accuracy = {"teacher": read_metrics(repo, "teacher")["accuracy"],
+                      "student_baseline": read_metrics(repo, "student_baseline")["accuracy"],
+                      "student": read_metrics(repo, "distill")["accuracy"],
+                      "pruned": read_metrics(repo, "prune")["accuracy"],
+                      **{name: entry["accuracy"] for name, entry in quant.items()
+                         if name != "fp32" and "skipped" not in entry}}
+    measured = {name: entry for name, entry in bench["variants"].items() if "skipped" not in entry}
+    assert set(measured) == set(stage_accuracy)
+    for name, entry in measured.items():
+        assert entry["accuracy"] == pytest.approx(stage_accuracy[name], abs=1e-6), name
+        assert set(entry["latency_ms"]) == {"1", "4"} and set(entry["throughput"]) == {"1", "4"}, name
+        for timing in entry["latency_ms"].values():
+            assert math.isfinite(timing["median"]) and timing["median"] > 0 and timing["iqr"] >= 0, name
+        assert entry["size_mb"] > 0 and entry["peak_rss_mb"] > 0 and entry["macs"] > 0, name
+    assert bench["environment"]["threads"] == 1 and bench["roofline"]["fp32_gmacs"] > 0
+    report = (repo / "REPORT.md").read_text()
+    assert f"{100 * stage_accuracy['teacher']:.2f}" in report
+    for plot in ("pareto", "accuracy", "size", "latency", "batch_size_analysis_combined", "static_quant_analysis"):
+        assert (repo / "plots" / f"{plot}.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", plot
+        assert f"plots/{plot}.png" in report, plot
 
 
 def test_repro_noop_determinism_and_experiment(repo_copy):
@@ -44,6 +71,7 @@ def test_repro_noop_determinism_and_experiment(repo_copy):
     assert quant["dynamic"]["layers"]["float_layers"].get("Conv2d", 0) > 0
     distill = read_metrics(repo, "distill")
     assert distill["alpha"] == 0.7 and distill["temperature"] == 4.0
+    check_benchmark_and_report(repo, quant)
 
     second = run(["dvc", "repro"], repo)
     assert "Running stage" not in second.stdout

@@ -17,6 +17,7 @@ from typing import Any
 import yaml
 
 from edgecompress import EdgecompressError
+from edgecompress.bench import BenchConfig
 from edgecompress.quantize import QuantizeConfig
 
 DEVICES = ("auto", "cpu", "cuda")
@@ -188,6 +189,7 @@ class Params:
     distill: DistillParams = field(default_factory=DistillParams)
     prune: PruneParams = field(default_factory=PruneParams)
     quantize: QuantizeParams = field(default_factory=QuantizeParams)
+    bench: BenchConfig = field(default_factory=BenchConfig)
 
 
 # ----------------------------------------------------------------------------------------------

@@ -1,0 +1,209 @@
+"""Tests of the benchmark measurement library (small models and sizes: the whole file runs in seconds)."""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn as nn
+
+from edgecompress import EdgecompressError
+from edgecompress.bench import (BenchConfig, BlockTimer, VariantSpec, achieved_fraction, benchmark_variant,
+                                benchmark_variant_isolated, environment_fingerprint, gemm_roofline, latency_sweep,
+                                peak_rss_mb, profile_ops, time_callable)
+
+torch.set_num_threads(1)
+TINY = BenchConfig(batch_sizes=(1, 3), warmup=1, repeats=3, threads=1, compile=False)
+
+
+def test_block_timer_measures_sleep() -> None:
+    timer = BlockTimer("cpu")
+    for _ in range(3):
+        with timer("sleep"):
+            time.sleep(0.02)
+    stats = timer.summary()["sleep"]
+    assert stats["count"] == 3
+    assert 18 <= stats["median_ms"] <= 40
+    assert stats["total_ms"] == pytest.approx(3 * stats["mean_ms"])
+
+
+def test_time_callable_measures_sleep() -> None:
+    result = time_callable(lambda: time.sleep(0.01), warmup=1, repeats=5)
+    assert 9 <= result["median_ms"] <= 25
+    assert result["iqr_ms"] >= 0 and result["min_ms"] <= result["median_ms"] and result["repeats"] == 5
+
+
+def test_block_timer_decorator_context_and_table() -> None:
+    timer = BlockTimer()
+
+    @timer.wrap("nms")
+    def nms(x: int) -> int:
+        return x + 1
+
+    assert nms(1) == 2 and nms(2) == 3
+    with timer("preprocess"):
+        pass
+    summary = timer.summary()
+    assert summary["nms"]["count"] == 2 and summary["preprocess"]["count"] == 1
+    assert summary["_peak_memory_mb"] > 0 and timer.peak_memory_mb() > 0
+    table = timer.table()
+    assert "nms" in table and "preprocess" in table and "peak memory" in table
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the no-GPU behaviour")
+def test_cuda_timer_without_gpu_is_a_clear_error() -> None:
+    # Chosen behaviour: an error, not a silent perf_counter fallback that would mislabel CPU numbers.
+    with pytest.raises(EdgecompressError, match="no CUDA device"):
+        BlockTimer("cuda")
+    with pytest.raises(EdgecompressError, match="no CUDA device"):
+        time_callable(lambda: None, warmup=0, repeats=3, device="cuda")
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")
+def test_cuda_timers_use_events() -> None:
+    a = torch.randn(512, 512, device="cuda")
+    timer = BlockTimer("cuda")
+    for _ in range(3):
+        with timer("mm"):
+            a @ a
+    assert timer.summary()["mm"]["median_ms"] > 0 and timer.summary()["_peak_memory_mb"] > 0
+    assert time_callable(lambda: a @ a, warmup=2, repeats=5, device="cuda")["median_ms"] > 0
+    sweep = latency_sweep(nn.Linear(8, 4).cuda(), torch.randn(5, 8), batch_sizes=(1, 4), warmup=1, repeats=3,
+                          device="cuda")
+    assert set(sweep["latency_ms"]) == {"1", "4"}
+
+
+def test_latency_sweep_tiny_linear() -> None:
+    model = nn.Linear(16, 4).eval()
+    images = torch.randn(5, 16)  # N < largest batch: cycled
+    sweep = latency_sweep(model, images, batch_sizes=(1, 4, 8), warmup=2, repeats=5)
+    for key in ("latency_ms", "batch_latency_ms", "throughput"):
+        assert set(sweep[key]) == {"1", "4", "8"}
+    for b in (1, 4, 8):
+        batch, per_sample = sweep["batch_latency_ms"][str(b)], sweep["latency_ms"][str(b)]
+        assert all(math.isfinite(v) and v > 0 for v in (batch["median"], per_sample["median"]))
+        assert batch["iqr"] >= 0 and per_sample["median"] == pytest.approx(batch["median"] / b, rel=1e-3)
+        assert sweep["throughput"][str(b)] == pytest.approx(b / (batch["median"] / 1e3), rel=1e-3)
+    json.dumps(sweep)
+
+
+def test_gemm_roofline_and_achieved_fraction() -> None:
+    roof = gemm_roofline(threads=1, size=256, repeats=3)
+    assert roof["fp32_gmacs"] > 0 and roof["size"] == 256 and roof["threads"] == 1
+    assert (roof["int8_gmacs"] is None) == (roof["int8_method"] is None)
+    assert roof["int8_gmacs"] is None or roof["int8_gmacs"] > 0
+    assert achieved_fraction(10**9, 1000.0, 1.0) == pytest.approx(1.0)
+    assert achieved_fraction(5 * 10**8, 1.0, 1000.0) == pytest.approx(0.5)
+
+
+def test_profile_ops_writes_table_and_trace(tmp_path: Path) -> None:
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 6 * 6, 2)).eval()
+
+    def predict(x: torch.Tensor) -> torch.Tensor:
+        with torch.inference_mode():
+            return model(x)
+
+    out = profile_ops(predict, torch.randn(2, 3, 8, 8), tmp_path / "prof", "tiny", top=10)
+    table, trace = Path(out["table"]), Path(out["trace"])
+    assert table.name == "tiny_ops.txt" and "conv" in table.read_text().lower()
+    assert isinstance(json.loads(trace.read_text()), (dict, list))
+    assert 1 <= len(out["top_ops"]) <= 5 and {"name", "self_cpu_ms", "calls"} <= set(out["top_ops"][0])
+    assert not [p for p in (tmp_path / "prof").iterdir() if p.name.startswith(".")]  # no temp files left
+
+
+def test_environment_fingerprint_keys() -> None:
+    env = environment_fingerprint(2)
+    for key in ("cpu", "logical_cores", "threads", "python", "platform", "torch", "torchvision", "onnxruntime",
+                "quantized_engine", "quantized_engines", "cuda", "device"):
+        assert key in env
+    assert env["threads"] == 2 and env["device"] == "cpu" and env["cpu"]
+    json.dumps(env)
+    assert peak_rss_mb() > 10
+
+
+@pytest.mark.parametrize("changes, key", [({"batch_sizes": []}, "batch_sizes"), ({"batch_sizes": [0]}, "batch_sizes"),
+                                          ({"repeats": 1}, "repeats"), ({"threads": 0}, "threads"),
+                                          ({"warmup": -1}, "warmup"), ({"profile": "yes"}, "profile")])
+def test_bench_config_validation(changes: dict, key: str) -> None:
+    with pytest.raises(EdgecompressError) as info:
+        BenchConfig.from_dict(changes)
+    message = str(info.value)
+    assert f"bench.{key}=" in message and "\n" not in message
+
+
+def test_bench_config_roundtrip() -> None:
+    config = BenchConfig.from_dict({"batch_sizes": [1, 2], "isolate": False})
+    assert config.batch_sizes == (1, 2) and config.to_dict()["batch_sizes"] == [1, 2]
+    assert BenchConfig.from_dict(config.to_dict()) == config
+    with pytest.raises(EdgecompressError, match="bench.device is not a known key"):
+        BenchConfig.from_dict({"device": "cpu"})
+
+
+@pytest.fixture(scope="module")
+def tiny_variant(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, nn.Module]:
+    """A prepared 200-image digits split and an untrained resnet20 (width 0.25) checkpoint."""
+    from edgecompress.data import prepare_dataset
+    from edgecompress.models import arch_config, build_model, save_checkpoint
+
+    root = tmp_path_factory.mktemp("bench")
+    prepared = root / "prepared"
+    prepare_dataset(name="digits", root=None, image_size=32, val_fraction=0.15, test_fraction=0.15,
+                    max_samples=200, seed=0, out_dir=prepared)
+    torch.manual_seed(0)
+    model = build_model("resnet20", 10, width=0.25).eval()
+    ckpt = root / "tiny.pt"
+    save_checkpoint(ckpt, model, arch_config("resnet20", 10, 0.25, True), {"stage": "test"})
+    return prepared, ckpt, model
+
+
+def test_benchmark_variant_in_process_and_isolated(tiny_variant: tuple[Path, Path, nn.Module], tmp_path: Path) -> None:
+    from edgecompress.data import make_loader
+    from edgecompress.models import count_params
+    from edgecompress.train import evaluate
+
+    prepared, ckpt, model = tiny_variant
+    expected = evaluate(model, make_loader(prepared, "test", batch_size=256, train=False, seed=0),
+                        num_classes=10)["accuracy"]
+    spec = VariantSpec("tiny", str(ckpt), "checkpoint", "test")
+    config = BenchConfig(**{**TINY.to_dict(), "profile": True})
+    local = benchmark_variant(spec, prepared_dir=prepared, config=config, profile_dir=tmp_path / "prof")
+    assert local["accuracy"] == expected
+    assert local["params"] == count_params(model) and local["macs"] > 0
+    assert local["size_mb"] == pytest.approx(ckpt.stat().st_size / 1e6, abs=1e-4)
+    assert set(local["latency_ms"]) == set(local["throughput"]) == {"1", "3"}
+    assert local["peak_rss_mb"] > 0 and Path(local["profile"]["table"]).is_file()
+    isolated = benchmark_variant_isolated(spec, prepared_dir=prepared, config=TINY, timeout_s=300)
+    assert isolated["accuracy"] == local["accuracy"] == expected
+    assert isolated["name"] == "tiny" and isolated["stage"] == "test" and isolated["peak_rss_mb"] > 0
+    assert "profile" not in isolated and set(isolated["batch_latency_ms"]) == {"1", "3"}
+
+
+def test_benchmark_variant_torchscript_and_onnx(tiny_variant: tuple[Path, Path, nn.Module], tmp_path: Path) -> None:
+    from edgecompress.quantize import export_onnx, save_torchscript
+
+    prepared, _, model = tiny_variant
+    example = torch.randn(2, 3, 32, 32)
+    save_torchscript(model, example, tmp_path / "fp32.ts")
+    export_onnx(model, example, tmp_path / "fp32.onnx")
+    config = BenchConfig(**{**TINY.to_dict(), "batch_sizes": (2,), "profile": True})
+    ts = benchmark_variant(VariantSpec("ts", str(tmp_path / "fp32.ts"), "torchscript", "quantize"),
+                           prepared_dir=prepared, config=config, profile_dir=tmp_path / "prof")
+    ort = benchmark_variant(VariantSpec("onnx", str(tmp_path / "fp32.onnx"), "onnx", "quantize"),
+                            prepared_dir=prepared, config=config, profile_dir=tmp_path / "prof")
+    assert ts["params"] is None and ts["format"].startswith("torchscript") and ort["format"].startswith("onnx")
+    assert ts["accuracy"] == ort["accuracy"]  # same FP32 weights on 30 images: identical predictions
+    assert ort["profile"]["source"] == "onnxruntime profiler" and ort["profile"]["top_ops"]
+    assert isinstance(json.loads(Path(ort["profile"]["trace"]).read_text()), list)
+
+
+def test_isolated_failure_reports_child_error(tiny_variant: tuple[Path, Path, nn.Module], tmp_path: Path) -> None:
+    prepared, _, _ = tiny_variant
+    spec = VariantSpec("missing", str(tmp_path / "nope.pt"), "checkpoint", "prune")
+    with pytest.raises(EdgecompressError, match="nope.pt: artifact of variant missing not found"):
+        benchmark_variant_isolated(spec, prepared_dir=prepared, config=TINY, timeout_s=120)
+    with pytest.raises(EdgecompressError, match="kind='bad' is invalid"):
+        VariantSpec("x", "x", "bad", "x")
