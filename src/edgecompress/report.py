@@ -280,36 +280,30 @@ def plot_bars(bench: dict, plots_dir: str | Path) -> None:
     def values(key: str) -> list[float]:
         return [float(e[key]) if "skipped" not in e and e.get(key) is not None else 0.0 for e in entries]
 
-    # accuracy
-    acc = [100 * v for v in values("accuracy")]
-    fig, ax = plt.subplots(figsize=(width, 4.2))
-    ax.bar(range(len(names)), acc, color=colours, edgecolor="black", linewidth=0.5)
-    measured = [a for a, e in zip(acc, entries) if "skipped" not in e]
-    if measured:
-        ax.set_ylim(max(0.0, min(measured) - max(1.0, 0.2 * (max(measured) - min(measured)))),
-                    min(100.0, max(measured)) + 0.6)
-    for i, (a, e) in enumerate(zip(acc, entries)):
-        if "skipped" not in e:
-            ax.text(i, a, f"{a:.2f}", ha="center", va="bottom", fontsize=7)
-    _bar_axes(ax, names)
-    _mark_skipped(ax, bench, names)
-    ax.set(ylabel="test accuracy (%) — axis zoomed, not from 0", title="Accuracy per variant")
-    ax.legend(handles=legend, fontsize=7, title="stage", title_fontsize=7, bbox_to_anchor=(1.01, 1), loc="upper left")
-    save_figure(fig, plots_dir / PLOT_FILES["accuracy"])
+    def labelled_bars(heights: list[float], label_format: str, ylabel: str, title: str, file_key: str,
+                      zoom_accuracy: bool = False) -> None:
+        """One bar per variant with its value on top; skipped variants marked."""
+        fig, ax = plt.subplots(figsize=(width, 4.2))
+        ax.bar(range(len(names)), heights, color=colours, edgecolor="black", linewidth=0.5)
+        measured = [h for h, e in zip(heights, entries) if "skipped" not in e]
+        if zoom_accuracy and measured:  # accuracies differ by tenths of a point: a 0-based axis hides that
+            ax.set_ylim(max(0.0, min(measured) - max(1.0, 0.2 * (max(measured) - min(measured)))),
+                        min(100.0, max(measured)) + 0.6)
+        elif not zoom_accuracy:
+            _log_if_spread(ax, heights, "y")
+        for i, (h, e) in enumerate(zip(heights, entries)):
+            if "skipped" not in e:
+                ax.text(i, h, format(h, label_format), ha="center", va="bottom", fontsize=7)
+        _bar_axes(ax, names)
+        _mark_skipped(ax, bench, names)
+        ax.set(ylabel=ylabel, title=title)
+        ax.legend(handles=legend, fontsize=7, title="stage", title_fontsize=7, bbox_to_anchor=(1.01, 1),
+                  loc="upper left")
+        save_figure(fig, plots_dir / PLOT_FILES[file_key])
 
-    # size
-    size = values("size_mb")
-    fig, ax = plt.subplots(figsize=(width, 4.2))
-    ax.bar(range(len(names)), size, color=colours, edgecolor="black", linewidth=0.5)
-    _log_if_spread(ax, size, "y")
-    for i, (s, e) in enumerate(zip(size, entries)):
-        if "skipped" not in e:
-            ax.text(i, s, f"{s:.3g}", ha="center", va="bottom", fontsize=7)
-    _bar_axes(ax, names)
-    _mark_skipped(ax, bench, names)
-    ax.set(ylabel="file size (MB)", title="Model file size per variant")
-    ax.legend(handles=legend, fontsize=7, title="stage", title_fontsize=7, bbox_to_anchor=(1.01, 1), loc="upper left")
-    save_figure(fig, plots_dir / PLOT_FILES["size"])
+    labelled_bars([100 * v for v in values("accuracy")], ".2f", "test accuracy (%) — axis zoomed, not from 0",
+                  "Accuracy per variant", "accuracy", zoom_accuracy=True)
+    labelled_bars(values("size_mb"), ".3g", "file size (MB)", "Model file size per variant", "size")
 
     # latency, batch 1 and the largest batch side by side
     fig, ax = plt.subplots(figsize=(width, 4.6))
