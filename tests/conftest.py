@@ -24,7 +24,7 @@ TINY_PARAMS = {
     "prune": {"finetune_epochs": 1},
     "quantize": {"calibration_samples": 64, "qat_epochs": 1},
     # In-process, no torch.compile: the benchmark's isolated and compiled paths have their own tests.
-    "bench": {"batch_sizes": [1, 4], "warmup": 1, "repeats": 3, "compile": False, "isolate": False},
+    "bench": {"batch_sizes": [1, 4], "warmup": 1, "repeats": 3, "min_time_s": 0, "compile": False, "isolate": False},
 }
 
 

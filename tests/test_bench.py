@@ -12,12 +12,12 @@ import torch
 import torch.nn as nn
 
 from edgecompress import EdgecompressError
-from edgecompress.bench import (BenchConfig, BlockTimer, VariantSpec, achieved_fraction, benchmark_variant,
-                                benchmark_variant_isolated, environment_fingerprint, gemm_roofline, latency_sweep,
+from edgecompress.bench import (BenchConfig, BlockTimer, CompileUnavailable, VariantSpec, achieved_fraction,
+                                benchmark_variant, benchmark_variant_isolated, environment_fingerprint, gemm_roofline, latency_sweep,
                                 peak_rss_mb, profile_ops, time_callable)
 
 torch.set_num_threads(1)
-TINY = BenchConfig(batch_sizes=(1, 3), warmup=1, repeats=3, threads=1, compile=False)
+TINY = BenchConfig(batch_sizes=(1, 3), warmup=1, repeats=3, min_time_s=0.0, threads=1, compile=False)
 
 
 def test_block_timer_measures_sleep() -> None:
@@ -35,6 +35,14 @@ def test_time_callable_measures_sleep() -> None:
     result = time_callable(lambda: time.sleep(0.01), warmup=1, repeats=5)
     assert 9 <= result["median_ms"] <= 25
     assert result["iqr_ms"] >= 0 and result["min_ms"] <= result["median_ms"] and result["repeats"] == 5
+
+
+def test_time_callable_keeps_timing_until_min_time() -> None:
+    calls = []
+    result = time_callable(lambda: calls.append(time.sleep(0.002)), warmup=0, repeats=3, min_time_s=0.1)
+    # ~0.1 s of 2 ms calls is far more than the 3 asked for, plus the 0.02 s warm-up (min_time_s / 5)
+    assert 30 <= result["repeats"] <= 60 and len(calls) >= result["repeats"] + 5
+    assert result["repeats"] * result["min_ms"] <= 1000 * 0.1 + result["max_ms"]
 
 
 def test_block_timer_decorator_context_and_table() -> None:
@@ -127,7 +135,8 @@ def test_environment_fingerprint_keys() -> None:
 
 @pytest.mark.parametrize("changes, key", [({"batch_sizes": []}, "batch_sizes"), ({"batch_sizes": [0]}, "batch_sizes"),
                                           ({"repeats": 1}, "repeats"), ({"threads": 0}, "threads"),
-                                          ({"warmup": -1}, "warmup"), ({"profile": "yes"}, "profile")])
+                                          ({"warmup": -1}, "warmup"), ({"profile": "yes"}, "profile"),
+                                          ({"min_time_s": -1}, "min_time_s"), ({"min_time_s": True}, "min_time_s")])
 def test_bench_config_validation(changes: dict, key: str) -> None:
     with pytest.raises(EdgecompressError) as info:
         BenchConfig.from_dict(changes)
@@ -180,6 +189,20 @@ def test_benchmark_variant_in_process_and_isolated(tiny_variant: tuple[Path, Pat
     assert isolated["accuracy"] == local["accuracy"] == expected
     assert isolated["name"] == "tiny" and isolated["stage"] == "test" and isolated["peak_rss_mb"] > 0
     assert "profile" not in isolated and set(isolated["batch_latency_ms"]) == {"1", "3"}
+
+
+def test_benchmark_variant_compiled(tiny_variant: tuple[Path, Path, nn.Module]) -> None:
+    """The pruned_compiled path: torch.compile'd checkpoint, compile time reported apart, same accuracy."""
+    prepared, ckpt, _ = tiny_variant
+    eager = benchmark_variant(VariantSpec("tiny", str(ckpt), "checkpoint", "test"), prepared_dir=prepared, config=TINY)
+    try:
+        compiled = benchmark_variant(VariantSpec("tiny_compiled", str(ckpt), "compiled", "test"), prepared_dir=prepared,
+                                     config=TINY)
+    except CompileUnavailable as exc:
+        pytest.skip(f"torch.compile unavailable here: {exc}")
+    assert compiled["compile_s"] > 0 and compiled["format"].startswith("torch.compile")
+    assert compiled["accuracy"] == eager["accuracy"] and compiled["macs"] == eager["macs"]
+    assert all(t["median"] > 0 for t in compiled["latency_ms"].values())
 
 
 def test_benchmark_variant_torchscript_and_onnx(tiny_variant: tuple[Path, Path, nn.Module], tmp_path: Path) -> None:

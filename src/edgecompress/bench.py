@@ -57,6 +57,7 @@ class BenchConfig:
     batch_sizes: tuple[int, ...] = (1, 4, 8, 16)
     warmup: int = 10
     repeats: int = 30
+    min_time_s: float = 0.5  # timed calls go on past `repeats` until this long: a short window is at the mercy of one hiccup
     threads: int = 1
     profile: bool = False
     compile: bool = True
@@ -79,6 +80,9 @@ class BenchConfig:
         for key, low in (("warmup", 0), ("repeats", 3), ("threads", 1)):  # IQR needs >= 3 samples
             if not is_int(getattr(self, key), low):
                 raise bad(key, f"an integer >= {low}")
+        if isinstance(self.min_time_s, bool) or not isinstance(self.min_time_s, (int, float)) \
+                or not 0 <= self.min_time_s <= 60:
+            raise bad("min_time_s", "a number of seconds in [0, 60]")
         for key in ("profile", "compile", "isolate"):
             if not isinstance(getattr(self, key), bool):
                 raise bad(key, "true or false")
@@ -200,30 +204,37 @@ class BlockTimer:
         return "\n".join(lines)
 
 
-def time_callable(fn: Callable[[], Any], *, warmup: int, repeats: int, device: str = "cpu") -> dict[str, Any]:
+def time_callable(fn: Callable[[], Any], *, warmup: int, repeats: int, device: str = "cpu",
+                  min_time_s: float = 0.0, max_repeats: int = 10_000) -> dict[str, Any]:
     """Wall time of single calls of `fn`, after `warmup` untimed calls.
+
+    At least `repeats` calls are timed, and more (up to `max_repeats`) until `min_time_s` of timed calls
+    have passed, as `timeit`'s autorange does: on a shared machine a window of a few milliseconds can
+    fall entirely inside another tenant's burst. Warm-up likewise lasts at least `min_time_s / 5`.
 
     Garbage collection is disabled while timing (as `timeit` does) so a collection does not land in
     one sample. On CUDA each call is bracketed by events and synchronized, so the time includes the
     kernels, not just their launch.
 
     Returns:
-        {"median_ms", "iqr_ms", "mean_ms", "min_ms", "max_ms", "repeats"}.
+        {"median_ms", "iqr_ms", "mean_ms", "min_ms", "max_ms", "repeats"} (`repeats`: calls timed).
     """
     dev = _check_device(device)
     if repeats < 1 or warmup < 0:
         raise EdgecompressError(f"time_callable: repeats={repeats} (>= 1) / warmup={warmup} (>= 0) invalid")
     cuda = dev.type == "cuda"
-    for _ in range(warmup):
+    warm_start, warm_calls = time.perf_counter(), 0
+    while warm_calls < warmup or (time.perf_counter() - warm_start < min_time_s / 5 and warm_calls < max_repeats):
         fn()
-    if cuda:
-        torch.cuda.synchronize(dev)
+        warm_calls += 1
+        if cuda:
+            torch.cuda.synchronize(dev)
     samples: list[float] = []
     gc.collect()
     gc_was_enabled = gc.isenabled()
     gc.disable()
     try:
-        for _ in range(repeats):
+        while len(samples) < repeats or (sum(samples) < min_time_s * 1e3 and len(samples) < max_repeats):
             if cuda:
                 start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
                 start.record()
@@ -240,7 +251,7 @@ def time_callable(fn: Callable[[], Any], *, warmup: int, repeats: int, device: s
             gc.enable()
     q1, median, q3 = np.percentile(samples, [25, 50, 75])
     return {"median_ms": float(median), "iqr_ms": float(q3 - q1), "mean_ms": float(np.mean(samples)),
-            "min_ms": float(min(samples)), "max_ms": float(max(samples)), "repeats": repeats}
+            "min_ms": float(min(samples)), "max_ms": float(max(samples)), "repeats": len(samples)}
 
 
 def _take_batch(images: torch.Tensor, b: int) -> torch.Tensor:
@@ -251,7 +262,7 @@ def _take_batch(images: torch.Tensor, b: int) -> torch.Tensor:
 
 
 def latency_sweep(predict: Callable[[torch.Tensor], Any], sample: torch.Tensor, *, batch_sizes: Sequence[int],
-                  warmup: int, repeats: int, device: str = "cpu") -> dict[str, Any]:
+                  warmup: int, repeats: int, device: str = "cpu", min_time_s: float = 0.0) -> dict[str, Any]:
     """Latency and throughput of `predict` for each batch size, on real images.
 
     Args:
@@ -262,18 +273,20 @@ def latency_sweep(predict: Callable[[torch.Tensor], Any], sample: torch.Tensor, 
         batch_sizes: each is warmed up separately (new shapes build new kernels / primitives).
     Returns:
         {"latency_ms": {"<b>": {"median", "iqr"}} per sample, "batch_latency_ms": {"<b>": {"median",
-        "iqr"}} per call, "throughput": {"<b>": samples/s from the median}}; keys are str(b) so JSON
+        "iqr"}} per call, "throughput": {"<b>": samples/s from the median}, "timed_calls": {"<b>": n}};
+        keys are str(b) so JSON
         files and `dvc metrics diff` line up.
     """
     dev = _check_device(device)
-    out: dict[str, Any] = {"latency_ms": {}, "batch_latency_ms": {}, "throughput": {}}
+    out: dict[str, Any] = {"latency_ms": {}, "batch_latency_ms": {}, "throughput": {}, "timed_calls": {}}
     for b in batch_sizes:
         x = _take_batch(sample, int(b)).to(dev)  # built once, outside the timed region
-        t = time_callable(lambda: predict(x), warmup=warmup, repeats=repeats, device=str(dev))
+        t = time_callable(lambda: predict(x), warmup=warmup, repeats=repeats, device=str(dev), min_time_s=min_time_s)
         key = str(b)
         out["batch_latency_ms"][key] = {"median": _sig(t["median_ms"]), "iqr": _sig(t["iqr_ms"])}
         out["latency_ms"][key] = {"median": _sig(t["median_ms"] / b), "iqr": _sig(t["iqr_ms"] / b)}
         out["throughput"][key] = _sig(b / (t["median_ms"] / 1e3))
+        out["timed_calls"][key] = t["repeats"]
     return out
 
 
@@ -592,7 +605,7 @@ def benchmark_variant(spec: VariantSpec, *, prepared_dir: str | Path, config: Be
         params, macs = count_params(model), count_macs(model, tuple(images.shape[1:]))
         del model
     sweep = latency_sweep(predict, images, batch_sizes=config.batch_sizes, warmup=config.warmup,
-                          repeats=config.repeats)
+                          repeats=config.repeats, min_time_s=config.min_time_s)
     result: dict[str, Any] = {
         "name": spec.name, "stage": spec.stage, "kind": spec.kind, "format": info["format"],
         "artifact": str(spec.path), "accuracy": accuracy, "params": params, "macs": macs,

@@ -596,7 +596,8 @@ def render_report(metrics: dict[str, dict], params: Mapping[str, Any], plots: Ma
 
     # 2. results
     out += [f"## {SECTIONS[1]}", "",
-            f"Latency is per sample (median ± IQR over {bench.get('config', {}).get('repeats', '?')} repeats); "
+            f"Latency is per sample (median ± IQR over at least {bench.get('config', {}).get('repeats', '?')} "
+            f"timed calls and {bench.get('config', {}).get('min_time_s', 0)} s per batch size); "
             f"speedup is teacher latency / variant latency at batch {b1}; size reduction is teacher size / "
             "variant size.", ""]
     rows = []
