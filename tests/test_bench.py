@@ -142,6 +142,7 @@ def test_bench_config_validation(changes: dict, key: str) -> None:
         BenchConfig.from_dict(changes)
     message = str(info.value)
     assert f"bench.{key}=" in message and "\n" not in message
+    assert "(" not in message.split(" is invalid")[0]  # lists shown as written in params.yaml, not as tuples
 
 
 def test_bench_config_roundtrip() -> None:

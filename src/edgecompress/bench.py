@@ -65,7 +65,9 @@ class BenchConfig:
 
     def __post_init__(self) -> None:
         def bad(key: str, allowed: str) -> EdgecompressError:
-            return EdgecompressError(f"bench.{key}={getattr(self, key)!r} is invalid: {allowed}")
+            value = getattr(self, key)
+            value = list(value) if isinstance(value, tuple) else value  # as written in params.yaml
+            return EdgecompressError(f"bench.{key}={value!r} is invalid: {allowed}")
 
         def is_int(v: Any, low: int) -> bool:
             return isinstance(v, int) and not isinstance(v, bool) and v >= low
