@@ -114,3 +114,16 @@ def test_real_pretrained_mobilenet_v2_on_imagenet_sample() -> None:
     accuracy = zoo.topk_accuracy(zoo.load_pretrained(resolved), subset, zoo.preprocessing(resolved))
     # published top-1 72%; 60 images put a wide band around it, but a wrong class mapping gives ~0
     assert accuracy["top1"] >= 0.55 and accuracy["top5"] >= accuracy["top1"]
+
+
+def test_benchmark_model_random_weights_on_tiny_tree(tmp_path: Path) -> None:
+    root = tmp_path / "imgs"
+    for wnid, _ in CLASSES:
+        image(root / wnid / "a.JPEG")
+    subset = zoo.imagenet_subset(root, CLASSES)
+    resolved = zoo.resolve_weights(["squeezenet1_1"], None, weights="random")["squeezenet1_1"]
+    result = zoo.benchmark_model(resolved, subset, batch_sizes=(1, 2), warmup=1, repeats=3)
+    assert "random" in result["weights"] and result["published"] is None and result["size_mb"] is None
+    assert 0 <= result["top1"] <= result["top5"] <= 1 and result["images"] == 3
+    assert result["params"] > 1e6 and result["macs"] > 1e8 and result["preprocessing"]["crop"] == [224]
+    assert set(result["latency_ms"]) == {"1", "2"} and all(t["median"] > 0 for t in result["latency_ms"].values())

@@ -224,3 +224,40 @@ def topk_accuracy(model: nn.Module, subset: Subset, transform: Any, *, batch_siz
             for k in ks:
                 correct[k] += int((top[:, :k] == targets[:, None]).any(dim=1).sum())
     return {f"top{k}": correct[k] / len(subset.paths) for k in ks}
+
+
+def describe_preprocessing(transform: Any) -> dict[str, Any]:
+    """The eval transform's settings as plain values (for metrics: what each model was fed)."""
+    return {"resize": list(transform.resize_size), "crop": list(transform.crop_size),
+            "interpolation": transform.interpolation.value, "mean": list(transform.mean), "std": list(transform.std)}
+
+
+def benchmark_model(resolved: ResolvedWeights, subset: Subset, *, batch_sizes: tuple[int, ...] = (1, 4, 8, 16),
+                    warmup: int = 3, repeats: int = 10, min_time_s: float = 0.0, threads: int = 1) -> dict[str, Any]:
+    """One pretrained model on the subset: top-1/top-5, params, MACs, weights file size, and latency per
+    batch size (median/IQR per image and per call, on the subset's own preprocessed images), with the
+    chain's timer (`bench.latency_sweep`). Published accuracy is recorded beside the measured one."""
+    from PIL import Image
+
+    from edgecompress.bench import latency_sweep
+    from edgecompress.models import count_macs, count_params
+
+    torch.set_num_threads(threads)
+    model = load_pretrained(resolved)
+    transform = preprocessing(resolved)
+    accuracy = topk_accuracy(model, subset, transform)
+    sample = torch.stack([transform(Image.open(p).convert("RGB")) for p in subset.paths[:max(batch_sizes)]])
+
+    def predict(x: torch.Tensor) -> torch.Tensor:
+        with torch.inference_mode():
+            return model(x)
+
+    sweep = latency_sweep(predict, sample, batch_sizes=batch_sizes, warmup=warmup, repeats=repeats,
+                          min_time_s=min_time_s)
+    return {"arch": resolved.arch, "weights": resolved.label,
+            "weights_file": str(resolved.path) if resolved.path else None,
+            "images": len(subset.paths), "classes": subset.num_classes_present, **accuracy,
+            "published": published_accuracy(resolved), "params": count_params(model),
+            "macs": count_macs(model, tuple(sample.shape[1:])),
+            "size_mb": round(resolved.path.stat().st_size / 1e6, 4) if resolved.path else None,
+            "preprocessing": describe_preprocessing(transform), "threads": threads, **sweep}
