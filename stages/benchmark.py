@@ -5,7 +5,7 @@ side on the same test split in one run: accuracy, params, MACs, size, latency/th
 from pathlib import Path
 
 from edgecompress import bench, report
-from edgecompress.io import read_json, write_json
+from edgecompress.io import read_json, write_json, write_text
 from edgecompress.pipeline import log, read_params, run_stage, stage_args
 
 
@@ -20,7 +20,7 @@ def main() -> None:
     profile_dir = Path(args.profile_dir)
     profile_dir.mkdir(parents=True, exist_ok=True)
     if not config.profile:
-        (profile_dir / "README.txt").write_text("Profiling is off: set bench.profile: true in params.yaml.\n")
+        write_text(profile_dir / "README.txt", "Profiling is off: set bench.profile: true in params.yaml.\n")
     results = bench.run_benchmark(specs, skipped, prepared_dir=args.data, config=config, profile_dir=profile_dir)
     report.write_plots(results, args.plots)
     write_json(args.metrics, results)

@@ -1,10 +1,12 @@
 """Atomic writes and safe checkpoint loading."""
 
+from pathlib import Path
+
 import pytest
 import torch
 
 from edgecompress import EdgecompressError
-from edgecompress.io import atomic_write, load_torch, read_json, save_torch, write_json
+from edgecompress.io import atomic_path, atomic_write, load_torch, read_json, save_torch, write_json, write_text
 
 
 def test_exception_mid_save_leaves_previous_file_intact(tmp_path):
@@ -17,6 +19,19 @@ def test_exception_mid_save_leaves_previous_file_intact(tmp_path):
             raise RuntimeError("killed mid-write")
     assert target.read_bytes() == before
     assert [p.name for p in tmp_path.iterdir()] == ["model.pt"]  # no temp file left behind
+
+
+def test_path_writer_failing_leaves_previous_file_and_no_temp(tmp_path):
+    target = tmp_path / "trace.json"
+    write_text(target, "old")
+    with pytest.raises(RuntimeError):
+        with atomic_path(target, suffix=".json") as tmp:
+            Path(tmp).write_text("half")
+            raise RuntimeError("exporter crashed")
+    assert target.read_text() == "old" and [p.name for p in tmp_path.iterdir()] == ["trace.json"]
+    with atomic_path(target) as tmp:
+        Path(tmp).write_text("new")
+    assert target.read_text() == "new" and [p.name for p in tmp_path.iterdir()] == ["trace.json"]
 
 
 def test_unserialisable_object_mid_save_keeps_previous_json(tmp_path):

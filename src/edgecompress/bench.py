@@ -25,7 +25,6 @@ import resource
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 import warnings
 from dataclasses import asdict, dataclass, fields
@@ -37,7 +36,7 @@ import torch
 import torch.nn as nn
 
 from edgecompress import EdgecompressError
-from edgecompress.io import atomic_write, publish
+from edgecompress.io import atomic_path, publish, write_text
 
 log = logging.getLogger(__name__)
 
@@ -386,11 +385,6 @@ def environment_fingerprint(threads: int, device: str = "cpu") -> dict[str, Any]
 
 # ----------------------------------------------------------------------------------------------
 # Op profiles
-def _write_text(path: Path, text: str) -> None:
-    with atomic_write(path, "w") as handle:
-        handle.write(text)
-
-
 def profile_ops(predict: Callable[[torch.Tensor], Any], inputs: torch.Tensor, out_dir: str | Path, name: str,
                 *, top: int = 25, warmup: int = 3, iterations: int = 5) -> dict[str, Any]:
     """Per-op time of `predict` on `inputs`: `<name>_ops.txt` (op table) + `<name>_trace.json` (Chrome
@@ -418,15 +412,9 @@ def profile_ops(predict: Callable[[torch.Tensor], Any], inputs: torch.Tensor, ou
         if inputs.is_cuda:
             torch.cuda.synchronize()
     averages = prof.key_averages()
-    _write_text(table_path, averages.table(sort_by="self_cpu_time_total", row_limit=top) + "\n")
-    fd, tmp = tempfile.mkstemp(prefix=f".{trace_path.name}.", suffix=".tmp", dir=out_dir)
-    os.close(fd)
-    try:
+    write_text(table_path, averages.table(sort_by="self_cpu_time_total", row_limit=top) + "\n")
+    with atomic_path(trace_path) as tmp:
         prof.export_chrome_trace(tmp)
-        publish(tmp, trace_path)
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
     ranked = sorted(averages, key=lambda e: e.self_cpu_time_total, reverse=True)[:5]
     top_ops = [{"name": e.key, "self_cpu_ms": round(e.self_cpu_time_total / 1e3 / iterations, 5),
                 "calls": e.count / iterations} for e in ranked]
@@ -470,7 +458,7 @@ def _profile_ort(predict: _OrtPredict, inputs: torch.Tensor, table_path: Path, t
     lines = [f"ONNX Runtime per-op kernel time, mean of {n} runs after {warmup} warm-up",
              f"{'op':<28}{'self ms/run':>14}{'%':>8}{'calls/run':>11}"]
     lines += [f"{k:<28}{v[0] / n:>14.4f}{100 * v[0] / total:>8.1f}{v[1] / n:>11.1f}" for k, v in ranked[:top]]
-    _write_text(table_path, "\n".join(lines) + "\n")
+    write_text(table_path, "\n".join(lines) + "\n")
     top_ops = [{"name": k, "self_cpu_ms": round(v[0] / n, 5), "calls": v[1] / n} for k, v in ranked[:5]]
     return {"table": str(table_path), "trace": str(trace_path), "source": "onnxruntime profiler",
             "iterations": n, "top_ops": top_ops}

@@ -20,6 +20,30 @@ from edgecompress import EdgecompressError
 
 
 @contextlib.contextmanager
+def atomic_path(path: str | Path, suffix: str = ".tmp") -> Iterator[str]:
+    """A temporary file name beside `path`, for writers that take a path (exporters, profilers); on
+    success the file is renamed over `path`, on error deleted.
+
+    Args:
+        path: final destination.
+        suffix: of the temporary name (some writers pick the format from it, e.g. ".onnx").
+    Yields:
+        The temporary file's path (the file exists, empty).
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix, dir=path.parent)
+    os.close(fd)
+    try:
+        yield tmp_name
+        publish(tmp_name, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp_name)
+        raise
+
+
+@contextlib.contextmanager
 def atomic_write(path: str | Path, mode: str = "wb") -> Iterator[Any]:
     """Open a temporary file beside `path`; on success rename it over `path`, on error delete it.
 
@@ -29,19 +53,10 @@ def atomic_write(path: str | Path, mode: str = "wb") -> Iterator[Any]:
     Yields:
         The open temporary file object.
     """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, mode) as handle:
-            yield handle
-            handle.flush()
-            os.fsync(handle.fileno())
-        publish(tmp_name, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp_name)
-        raise
+    with atomic_path(path) as tmp_name, open(tmp_name, mode) as handle:
+        yield handle
+        handle.flush()
+        os.fsync(handle.fileno())
 
 
 def publish(tmp_path: str | Path, path: str | Path) -> None:
@@ -58,6 +73,12 @@ def write_json(path: str | Path, data: Any) -> None:
     with atomic_write(path, "w") as handle:
         json.dump(data, handle, indent=2, sort_keys=False)
         handle.write("\n")
+
+
+def write_text(path: str | Path, text: str) -> None:
+    """Write `text` atomically."""
+    with atomic_write(path, "w") as handle:
+        handle.write(text)
 
 
 def read_json(path: str | Path) -> Any:

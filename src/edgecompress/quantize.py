@@ -40,7 +40,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from edgecompress import EdgecompressError
-from edgecompress.io import atomic_write, publish
+from edgecompress.io import atomic_path, atomic_write, publish
 
 log = logging.getLogger(__name__)
 
@@ -377,34 +377,29 @@ def export_onnx(model: nn.Module, example_inputs: Any, path: str | Path) -> None
     x = example_inputs[0] if isinstance(example_inputs, (tuple, list)) else example_inputs
     if len(x) < 2:
         x = torch.cat([x, x])  # torch.export specialises a batch size of 1, breaking the dynamic axis
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".onnx", dir=path.parent)
-    os.close(fd)
     common = dict(opset_version=ONNX_OPSET, input_names=["input"], output_names=["logits"])
     model = model.eval()
-    try:
-        with _quiet(), torch.no_grad():
-            try:
-                torch.onnx.export(model, (x,), tmp, dynamo=True, external_data=False, verbose=False,
-                                  dynamic_shapes=({0: torch.export.Dim("batch")},), **common)
-            except Exception as exc:  # noqa: BLE001 - any capture failure: try the legacy exporter
-                log.warning("dynamo ONNX export failed (%s); using the legacy TorchScript exporter",
-                            str(exc).splitlines()[0][:200])
-                torch.onnx.export(model, (x,), tmp, dynamo=False,
-                                  dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}}, **common)
-        import onnx
+    with atomic_path(path, suffix=".onnx") as tmp:
+        try:
+            with _quiet(), torch.no_grad():
+                try:
+                    torch.onnx.export(model, (x,), tmp, dynamo=True, external_data=False, verbose=False,
+                                      dynamic_shapes=({0: torch.export.Dim("batch")},), **common)
+                except Exception as exc:  # noqa: BLE001 - any capture failure: try the legacy exporter
+                    log.warning("dynamo ONNX export failed (%s); using the legacy TorchScript exporter",
+                                str(exc).splitlines()[0][:200])
+                    torch.onnx.export(model, (x,), tmp, dynamo=False,
+                                      dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}}, **common)
+            import onnx
 
-        proto = onnx.load(tmp)
-        for node in proto.graph.node:  # stack traces hold absolute source paths: keep hashes path-free
-            del node.metadata_props[:]
-        onnx.checker.check_model(proto, full_check=True)
-        onnx.save(proto, tmp)
-        publish(tmp, path)
-    finally:
-        for leftover in (tmp, tmp + ".data"):
+            proto = onnx.load(tmp)
+            for node in proto.graph.node:  # stack traces hold absolute source paths: keep hashes path-free
+                del node.metadata_props[:]
+            onnx.checker.check_model(proto, full_check=True)
+            onnx.save(proto, tmp)
+        finally:
             with contextlib.suppress(FileNotFoundError):
-                os.unlink(leftover)
+                os.unlink(tmp + ".data")  # external data an exporter may have written beside it
 
 
 def _make_reader(input_name: str, calib: torch.Tensor, batch_size: int) -> Any:

@@ -26,7 +26,7 @@ from matplotlib.ticker import FuncFormatter
 
 from edgecompress import EdgecompressError
 from edgecompress.goals import target
-from edgecompress.io import atomic_write, read_json
+from edgecompress.io import read_json, write_text
 from edgecompress.plots import save_figure
 
 METRICS_FILES = ("teacher", "student_baseline", "distill", "prune", "quantize", "benchmark")
@@ -551,8 +551,7 @@ def build_report(metrics_dir: str | Path, plots_dir: str | Path, out_path: str |
         if not path.is_file():
             raise EdgecompressError(f"{path}: plot not found (written by the benchmark stage)")
     text = render_report(metrics, params or {}, {k: _rel(p, out_path.parent) for k, p in plot_paths.items()})
-    with atomic_write(out_path, "w") as handle:
-        handle.write(text)
+    write_text(out_path, text)
     return text
 
 
