@@ -12,6 +12,7 @@ import torch
 import torch.nn as nn
 
 from edgecompress import EdgecompressError
+from edgecompress.params import parse_params
 from edgecompress.bench import (BenchConfig, BlockTimer, CompileUnavailable, VariantSpec, achieved_fraction,
                                 benchmark_variant, benchmark_variant_isolated, environment_fingerprint, gemm_roofline, latency_sweep,
                                 peak_rss_mb, profile_ops, time_callable)
@@ -139,18 +140,18 @@ def test_environment_fingerprint_keys() -> None:
                                           ({"min_time_s": -1}, "min_time_s"), ({"min_time_s": True}, "min_time_s")])
 def test_bench_config_validation(changes: dict, key: str) -> None:
     with pytest.raises(EdgecompressError) as info:
-        BenchConfig.from_dict(changes)
+        parse_params({"bench": changes})
     message = str(info.value)
     assert f"bench.{key}=" in message and "\n" not in message
     assert "(" not in message.split(" is invalid")[0]  # lists shown as written in params.yaml, not as tuples
 
 
 def test_bench_config_roundtrip() -> None:
-    config = BenchConfig.from_dict({"batch_sizes": [1, 2], "isolate": False})
+    config = parse_params({"bench": {"batch_sizes": [1, 2], "isolate": False}}).bench
     assert config.batch_sizes == (1, 2) and config.to_dict()["batch_sizes"] == [1, 2]
-    assert BenchConfig.from_dict(config.to_dict()) == config
-    with pytest.raises(EdgecompressError, match="bench.device is not a known key"):
-        BenchConfig.from_dict({"device": "cpu"})
+    assert parse_params({"bench": config.to_dict()}).bench == config
+    with pytest.raises(EdgecompressError, match="bench.device is not a known parameter"):
+        parse_params({"bench": {"device": "cpu"}})
 
 
 @pytest.fixture(scope="module")

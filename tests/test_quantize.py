@@ -19,6 +19,7 @@ import torch.nn as nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from edgecompress import EdgecompressError
+from edgecompress.params import parse_params
 from edgecompress import quantize as q
 from edgecompress.models import build_model
 
@@ -250,10 +251,11 @@ def test_config_validation():
     with pytest.raises(EdgecompressError, match=r"quantize\.qat_lr"):
         q.QuantizeConfig(qat_lr=0)
     with pytest.raises(EdgecompressError, match=r"quantize\.bogus"):
-        q.QuantizeConfig.from_dict({"bogus": 1})
-    config = q.QuantizeConfig.from_dict({"backends": ["x86"], "calibration_samples": 8192, "qat_epochs": 0})
+        parse_params({"quantize": {"bogus": 1}})
+    settings = {"backends": ["x86"], "calibration_samples": 8192, "qat_epochs": 0}
+    config = parse_params({"quantize": settings}).quantize.config()
     assert config.backends == ("x86",) and q.QuantizeConfig(calibration_samples=1).calibration_samples == 1
-    assert q.QuantizeConfig.from_dict(config.to_dict()) == config
+    assert parse_params({"quantize": config.to_dict()}).quantize.config() == config
     assert set(q.QuantizeConfig().variants) == set(q.VARIANTS)
 
 

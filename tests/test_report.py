@@ -15,6 +15,7 @@ import pytest
 
 from edgecompress import EdgecompressError
 from edgecompress import report
+from edgecompress.bench import is_int8_variant
 
 FIXTURE = Path(__file__).parent / "fixtures" / "report"
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -251,7 +252,7 @@ def test_dynamic_is_never_the_best_int8_variant():
 def test_performance_goals_without_int8_are_not_met():
     bench = fixture_json("benchmark")
     for name in list(bench["variants"]):
-        if report.is_int8(name):
+        if is_int8_variant(name):
             bench["variants"][name] = {"stage": "quantize", "skipped": "test"}
     goals = report.performance_goals(bench)
     assert all(g["value"] is None and g["met"] is False for g in goals.values())

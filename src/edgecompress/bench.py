@@ -27,7 +27,7 @@ import subprocess
 import sys
 import time
 import warnings
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Callable, ContextManager, Iterable, Iterator, Sequence
 
@@ -87,15 +87,6 @@ class BenchConfig:
         for key in ("profile", "compile", "isolate"):
             if not isinstance(getattr(self, key), bool):
                 raise bad(key, "true or false")
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any] | None) -> BenchConfig:
-        """Build from the params dict, rejecting unknown keys with a one-line error."""
-        known = {f.name for f in fields(cls)}
-        for key in dict(data or {}):
-            if key not in known:
-                raise EdgecompressError(f"bench.{key} is not a known key; allowed: {', '.join(sorted(known))}")
-        return cls(**dict(data or {}))
 
     def to_dict(self) -> dict[str, Any]:
         """Plain dict (lists, not tuples) for JSON/YAML output."""

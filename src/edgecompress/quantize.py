@@ -31,7 +31,7 @@ import os
 import tempfile
 import warnings
 import zipfile
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
@@ -143,16 +143,6 @@ class QuantizeConfig:
         if isinstance(self.qat_lr, bool) or not isinstance(self.qat_lr, (int, float)) \
                 or not math.isfinite(self.qat_lr) or self.qat_lr <= 0:
             raise bad("qat_lr", "a finite number > 0")
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any] | None) -> QuantizeConfig:
-        """Build from the params dict, rejecting unknown keys with a one-line error."""
-        data = dict(data or {})
-        known = {f.name for f in fields(cls)}
-        for key in data:
-            if key not in known:
-                raise EdgecompressError(f"quantize.{key} is not a known key; allowed: {', '.join(sorted(known))}")
-        return cls(**data)
 
     def to_dict(self) -> dict[str, Any]:
         """Plain dict (lists, not tuples) for JSON/YAML output."""

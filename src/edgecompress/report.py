@@ -25,6 +25,7 @@ from matplotlib.patches import Patch
 from matplotlib.ticker import FuncFormatter
 
 from edgecompress import EdgecompressError
+from edgecompress.bench import is_int8_variant
 from edgecompress.goals import target
 from edgecompress.io import read_json, write_text
 from edgecompress.plots import save_figure
@@ -66,11 +67,6 @@ def load_metrics(metrics_dir: str | Path) -> dict[str, dict]:
     if not isinstance(out["quantize"].get("variants"), dict):
         raise EdgecompressError(f"{metrics_dir / 'quantize.json'}: no 'variants' mapping")
     return out
-
-
-def is_int8(name: str) -> bool:
-    """Fully INT8 variants (static PTQ, QAT, ONNX INT8); `dynamic` is INT8 on Linear only."""
-    return name.startswith("ptq_") or name in ("qat", "onnx_int8")
 
 
 def ordered_variants(bench: dict) -> list[str]:
@@ -149,7 +145,7 @@ def performance_goals(bench: dict) -> dict:
     met is False.
     """
     b = "8"
-    best = _fastest(bench, [n for n in bench["variants"] if is_int8(n)], b)
+    best = _fastest(bench, [n for n in bench["variants"] if is_int8_variant(n)], b)
     fp32 = _fastest(bench, FP32_RUNTIMES, b)
     lat = _latency(bench, best, b) if best else None
     final = _measured(bench, best) if best else None
@@ -341,7 +337,7 @@ def plot_batch_size_analysis(bench: dict, path: str | Path) -> None:
         if not pts:
             continue
         all_lat += [p[1] for p in pts]
-        style = {"ls": "--", "lw": 1.6} if name == "dynamic" else {"ls": "-", "lw": 2.0 if is_int8(name) else 1.0}
+        style = {"ls": "--", "lw": 1.6} if name == "dynamic" else {"ls": "-", "lw": 2.0 if is_int8_variant(name) else 1.0}
         colour = cmap(i % 20)
         acc = 100 * entry["accuracy"]
         ax_acc.plot([p[1] for p in pts], [acc] * len(pts), color=colour, label=name, **style)
@@ -808,4 +804,4 @@ def _all_goals(prune: dict, quant: dict, perf: dict, with_source: bool = False) 
 
 
 __all__ = ["load_metrics", "speedups", "performance_goals", "plot_pareto", "plot_bars", "plot_batch_size_analysis",
-           "plot_static_quant_analysis", "write_plots", "build_report", "render_report", "pareto_front", "is_int8"]
+           "plot_static_quant_analysis", "write_plots", "build_report", "render_report", "pareto_front"]
