@@ -311,5 +311,23 @@ def test_augmentation_changes_images(digits_dir: Path) -> None:
         make_loader(digits_dir, "train", batch_size=4, train=True, seed=0, augment={"blur": 1})
 
 
+def test_random_erasing(digits_dir: Path) -> None:
+    meta = load_meta(digits_dir)
+    plain = make_loader(digits_dir, "train", batch_size=16, train=True, seed=1, max_samples=64)
+    erased = make_loader(digits_dir, "train", batch_size=16, train=True, seed=1, max_samples=64,
+                         augment={"random_erasing": 1.0})
+    xp, yp = _first_batch(plain)
+    xe, ye = _first_batch(erased)
+    assert torch.equal(yp, ye)
+    # p=1: every image has a rectangle set to 0 (before normalisation), the rest untouched
+    zero = normalize_transform(meta)(torch.zeros(3, 1, 1)).view(1, 3, 1, 1)
+    changed = ~torch.isclose(xp, xe)
+    assert changed.flatten(1).any(dim=1).all()
+    assert torch.allclose(xe[changed], zero.expand_as(xe)[changed])
+    for bad in (1.5, -0.1):
+        with pytest.raises(EdgecompressError, match=rf"train\.augment\.random_erasing={bad}: expected"):
+            make_loader(digits_dir, "train", batch_size=4, train=True, seed=0, augment={"random_erasing": bad})
+
+
 def test_dataset_names() -> None:
     assert dataset_names() == ["digits", "cifar10", "cifar100", "imagefolder"]

@@ -30,7 +30,7 @@ logger = logging.getLogger(__name__)
 
 SPLITS = ("train", "val", "test")
 IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".webp"}
-AUGMENT_KEYS = ("hflip", "crop_padding", "color_jitter", "rotation")
+AUGMENT_KEYS = ("hflip", "crop_padding", "color_jitter", "rotation", "random_erasing")
 _CIFAR = {  # name -> (folder, train files, test file, meta file, label key, class-name key)
     "cifar10": ("cifar-10-batches-py", [f"data_batch_{i}" for i in range(1, 6)], "test_batch",
                 "batches.meta", b"labels", b"label_names"),
@@ -369,6 +369,10 @@ def _build_augment(augment: dict | None, image_size: tuple[int, int]):
         value = augment.get(key, 0) or 0
         if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
             raise EdgecompressError(f"train.augment.{key}={value!r}: expected a number >= 0 (0 = off)")
+    erasing = augment.get("random_erasing", 0) or 0
+    if erasing > 1:
+        raise EdgecompressError(f"train.augment.random_erasing={erasing!r}: expected a probability in [0, 1] "
+                                "(0 = off)")
     ops = []
     if augment.get("crop_padding"):
         ops.append(v2.RandomCrop(image_size, padding=int(augment["crop_padding"])))
@@ -379,6 +383,9 @@ def _build_augment(augment: dict | None, image_size: tuple[int, int]):
     if augment.get("color_jitter"):
         c = float(augment["color_jitter"])
         ops.append(v2.ColorJitter(brightness=c, contrast=c, saturation=c))
+    if augment.get("random_erasing"):
+        # Last, as in Zhong et al. 2020: the erased rectangle (value 0) is not moved or recoloured.
+        ops.append(v2.RandomErasing(p=float(augment["random_erasing"])))
     return v2.Compose(ops) if ops else None
 
 
@@ -404,11 +411,11 @@ def make_loader(prepared_dir: str | Path, split: str, *, batch_size: int, train:
     """DataLoader over a cached split yielding (normalised float N x 3 x H x W, int64 N).
 
     With `train=True` the order is shuffled by a `torch.Generator` seeded with `seed` (two loaders with
-    the same seed give the same order) and `augment` ({hflip, crop_padding, color_jitter, rotation}) is
-    applied per sample. With num_workers=0 augmentation draws from torch's global RNG, so the caller
-    seeds it (torch.manual_seed) for reproducible batches; with workers, their seeds derive from the
-    loader's generator. With `train=False` there is no shuffle and no augmentation. `max_samples`
-    keeps the first N images of the split.
+    the same seed give the same order) and `augment` ({hflip, crop_padding, color_jitter, rotation,
+    random_erasing}) is applied per sample, random erasing last. With num_workers=0 augmentation draws
+    from torch's global RNG, so the caller seeds it (torch.manual_seed) for reproducible batches; with
+    workers, their seeds derive from the loader's generator. With `train=False` there is no shuffle
+    and no augmentation. `max_samples` keeps the first N images of the split.
     """
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise EdgecompressError(f"batch_size={batch_size!r}: expected a positive integer")

@@ -12,13 +12,17 @@ import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
 
 from edgecompress import EdgecompressError
 from edgecompress.bench import BenchConfig
 from edgecompress.quantize import QuantizeConfig
+
+if TYPE_CHECKING:  # annotations only: importing them here would be circular
+    from edgecompress.prune import PruneConfig
+    from edgecompress.zoo import Measurement
 
 DEVICES = ("auto", "cpu", "cuda")
 SCHEDULES = ("cosine", "step")
@@ -91,8 +95,10 @@ class AugmentParams:
     crop_padding: int = 4  # pixels of padding for random crop, 0 = off
     color_jitter: float = 0.2  # brightness/contrast/saturation strength, 0 = off
     rotation: float = 15.0  # degrees, 0 = off
+    random_erasing: float = 0.0  # probability of erasing a random rectangle (Zhong et al.), 0 = off
 
     def __post_init__(self) -> None:
+        check(0 <= self.random_erasing <= 1, "random_erasing", self.random_erasing, "must be a probability in [0, 1]")
         check(self.crop_padding >= 0, "crop_padding", self.crop_padding, "must be an integer >= 0")
         check(0 <= self.color_jitter <= 1, "color_jitter", self.color_jitter, "must be a number in [0, 1]")
         check(0 <= self.rotation <= 180, "rotation", self.rotation, "must be degrees in [0, 180]")
@@ -193,6 +199,98 @@ class Params:
 
 
 # ----------------------------------------------------------------------------------------------
+# Schema of the zoo pipeline (pipelines/zoo/params.yaml)
+WEIGHTS_CHOICES = ("pretrained", "random")
+STATIC_QCONFIGS = ("x86", "fbgemm", "qnnpack", "custom")
+
+
+def _is_batch_list(value: tuple[int, ...]) -> bool:
+    return bool(value) and len(set(value)) == len(value) and all(v >= 1 for v in value)
+
+
+@dataclass(frozen=True)
+class ZooParams:
+    """Pretrained ImageNet models on an image-folder subset: accuracy, cost and quantization."""
+
+    images: str = "../../../shared/data/imagenet-sample"  # <root>/<wnid or class index>/<image>
+    classes: str | None = None  # 'index wnid name' lines; null = timm's ImageNet-1k synset list
+    max_images: int = 100  # evaluation images, one per class first
+    models: dict[str, str] = field(default_factory=lambda: {"mobilenet_v2": "pretrained"})
+    weights_dir: str | None = None  # null = torch hub's checkpoint folder; then installed packages
+    batch_sizes: tuple[int, ...] = (1, 4, 8, 16)
+    warmup: int = 1  # untimed calls per batch size
+    repeats: int = 3  # timed calls per batch size (median, IQR)
+    min_time_s: float = 0.0
+    threads: int = 2
+    eval_batch_size: int = 25
+    dynamic: bool = True  # dynamic INT8 (Linear layers) over batch_sizes
+    static: tuple[str, ...] = STATIC_QCONFIGS  # FX static INT8 per engine, plus the custom QConfig
+    static_batch_size: int = 8  # latency of the static INT8 models at this batch size
+    calibration_batches: int = 1  # of calibration_batch_size images not used for evaluation
+    calibration_batch_size: int = 16
+
+    def measurement(self) -> "Measurement":
+        """The latency/evaluation settings (`zoo.Measurement`)."""
+        from edgecompress.zoo import Measurement
+
+        return Measurement(batch_sizes=self.batch_sizes, warmup=self.warmup, repeats=self.repeats,
+                           min_time_s=self.min_time_s, eval_batch_size=self.eval_batch_size)
+
+    def __post_init__(self) -> None:
+        from edgecompress.zoo import torchvision_classifiers
+
+        check(bool(self.models), "models", self.models, "must map at least one architecture to pretrained|random")
+        known = torchvision_classifiers()
+        for arch, weights in self.models.items():
+            check(arch in known, f"models.{arch}", weights, "not a torchvision ImageNet classifier (e.g. "
+                  "resnet18, mobilenet_v3_large, efficientnet_b0, vit_b_16, swin_t)")
+            check(weights in WEIGHTS_CHOICES, f"models.{arch}", weights, f"allowed: {', '.join(WEIGHTS_CHOICES)}")
+        check(self.max_images >= 1, "max_images", self.max_images, "must be an integer >= 1")
+        check(_is_batch_list(self.batch_sizes), "batch_sizes", list(self.batch_sizes),
+              "must be a non-empty list of distinct integers >= 1")
+        check(self.warmup >= 0, "warmup", self.warmup, "must be an integer >= 0")
+        check(self.repeats >= 3, "repeats", self.repeats, "must be an integer >= 3 (median and IQR)")
+        check(0 <= self.min_time_s <= 60, "min_time_s", self.min_time_s, "must be seconds in [0, 60]")
+        check(self.threads >= 1, "threads", self.threads, "must be an integer >= 1")
+        check(self.eval_batch_size >= 1, "eval_batch_size", self.eval_batch_size, "must be an integer >= 1")
+        check(all(s in STATIC_QCONFIGS for s in self.static) and len(set(self.static)) == len(self.static),
+              "static", list(self.static), f"must be a list of distinct: {', '.join(STATIC_QCONFIGS)}")
+        check(self.static_batch_size in self.batch_sizes, "static_batch_size", self.static_batch_size,
+              f"must be one of zoo.batch_sizes {list(self.batch_sizes)} (its FP32 latency is the reference)")
+        check(self.calibration_batches >= 1, "calibration_batches", self.calibration_batches,
+              "must be an integer >= 1")
+        check(self.calibration_batch_size >= 1, "calibration_batch_size", self.calibration_batch_size,
+              "must be an integer >= 1")
+
+
+@dataclass(frozen=True)
+class FinetuneParams:
+    """Fine-tuning a pretrained torchvision classifier on a new data set (CIFAR-100 by default)."""
+
+    arch: str = "resnet18"
+    weights: str = "pretrained"  # pretrained (official ImageNet file, never downloaded) | random
+    weights_dir: str | None = None  # null = torch hub's checkpoint folder; then installed packages
+    train_stages: tuple[str, ...] = ("layer3", "layer4", "fc")  # parameter-name prefixes that train
+    data: DataParams = field(default_factory=lambda: DataParams(name="cifar100", root="data/cifar100"))
+    train: TrainParams = field(default_factory=lambda: TrainParams(
+        lr=0.01, augment=AugmentParams(hflip=True, rotation=0.0, random_erasing=0.25)))
+    epochs: int = 10
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        check(self.weights in WEIGHTS_CHOICES, "weights", self.weights, f"allowed: {', '.join(WEIGHTS_CHOICES)}")
+        check(bool(self.train_stages), "train_stages", list(self.train_stages),
+              "must name at least one parameter prefix that trains (e.g. fc)")
+        check(self.epochs >= 1, "epochs", self.epochs, "must be an integer >= 1")
+
+
+@dataclass(frozen=True)
+class ZooPipelineParams:
+    zoo: ZooParams = field(default_factory=ZooParams)
+    finetune: FinetuneParams = field(default_factory=FinetuneParams)
+
+
+# ----------------------------------------------------------------------------------------------
 # Loading
 def _type_name(tp: Any) -> str:
     names = {int: "an integer", float: "a number", bool: "true or false", str: "a string"}
@@ -208,6 +306,10 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
             return None
         inner = [t for t in options if t is not type(None)]
         return _coerce(value, inner[0], key)
+    if origin is dict:
+        check(isinstance(value, dict) and bool(value), key, value, "must be a non-empty mapping")
+        key_tp, value_tp = typing.get_args(tp)
+        return {_coerce(k, key_tp, key): _coerce(v, value_tp, f"{key}.{k}") for k, v in value.items()}
     if origin is tuple:
         check(isinstance(value, (list, tuple)), key, value, "must be a list")
         (item_tp, _) = typing.get_args(tp)
@@ -248,8 +350,8 @@ def parse_params(data: dict[str, Any] | None) -> Params:
     return _build(Params, data or {}, "")
 
 
-def load_params(path: str | Path = "params.yaml") -> Params:
-    """Read and validate params.yaml.
+def load_params(path: str | Path = "params.yaml", schema: type = Params) -> Any:
+    """Read and validate params.yaml (the chain's `Params`, or another pipeline's `schema`).
 
     Raises:
         EdgecompressError: one line naming the file, the key, the value and what is allowed.
@@ -264,7 +366,7 @@ def load_params(path: str | Path = "params.yaml") -> Params:
     if data is not None and not isinstance(data, dict):
         raise EdgecompressError(f"{path}: must be a mapping of blocks (data, model, train, ...)")
     try:
-        return parse_params(data)
+        return _build(schema, data or {}, "")
     except EdgecompressError as exc:
         raise EdgecompressError(f"{path}: {exc}") from None
 

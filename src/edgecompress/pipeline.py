@@ -13,7 +13,6 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Callable
 
-import torch
 import torch.nn as nn
 
 from edgecompress import EdgecompressError
@@ -21,7 +20,7 @@ from edgecompress.data import load_meta, load_split, make_loader
 from edgecompress.distill import hard_label_loss
 from edgecompress.io import write_json
 from edgecompress.models import arch_config, build_model, model_stats, save_checkpoint
-from edgecompress.params import ArchParams, Params, RunParams, TrainParams, load_params
+from edgecompress.params import ArchParams, Params, TrainParams, load_params
 from edgecompress import plots
 from edgecompress.train import FitResult, LossFn, evaluate, fit, resolve_device, seed_everything
 
@@ -93,7 +92,8 @@ def train_classifier(*, stage: str, prepared_dir: str | Path, model: nn.Module, 
                      metrics_out: str | Path, plots_dir: str | Path, live_dir: str | Path,
                      loss_fn: LossFn = hard_label_loss, lr: float | None = None,
                      extra_metrics: dict[str, Any] | None = None,
-                     derived_metrics: Callable[[dict[str, Any]], dict[str, Any]] | None = None) -> dict[str, Any]:
+                     derived_metrics: Callable[[dict[str, Any]], dict[str, Any]] | None = None,
+                     before_save: Callable[[nn.Module], nn.Module] | None = None) -> dict[str, Any]:
     """Train `model` on the prepared data (epochs may be 0: evaluate only), keep the best-validation
     weights, evaluate on test, and write checkpoint, metrics JSON, dvclive curves and PNG plots.
 
@@ -102,6 +102,8 @@ def train_classifier(*, stage: str, prepared_dir: str | Path, model: nn.Module, 
             original arch and is rebuilt from the state dict's shapes.
         lr: overrides `recipe.lr` (fine-tuning uses a smaller one).
         derived_metrics: computes extra entries (e.g. goals) from the metrics before they are written.
+        before_save: turns the trained model into the plain `arch` architecture before it is saved and
+            measured (fine-tuning swaps frozen BatchNorm layers back to ordinary ones).
     Outputs are written only after training and evaluation succeeded, each atomically, metrics last.
 
     Returns:
@@ -142,6 +144,8 @@ def train_classifier(*, stage: str, prepared_dir: str | Path, model: nn.Module, 
     log.info("%s: test accuracy %.4f", stage, test["accuracy"])
 
     model.cpu().eval()
+    if before_save is not None:
+        model = before_save(model)
     save_checkpoint(checkpoint_out, model, arch,
                     meta={"stage": stage, "data": meta["name"], "classes": classes, "image_size": meta["image_size"],
                           "mean": meta["mean"], "std": meta["std"], "test_accuracy": test["accuracy"]})

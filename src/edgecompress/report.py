@@ -436,7 +436,8 @@ def _cell(value: Any) -> str:
     return str(value).replace("|", "\\|").replace("\n", " ")
 
 
-def _table(headers: list[str], rows: list[list[Any]]) -> list[str]:
+def markdown_table(headers: list[str], rows: list[list[Any]]) -> list[str]:
+    """Markdown table lines (and a blank line after) with cells formatted by `_cell`."""
     lines = ["| " + " | ".join(headers) + " |", "|" + "|".join("---" for _ in headers) + "|"]
     lines += ["| " + " | ".join(_cell(c) for c in row) + " |" for row in rows]
     return lines + [""]
@@ -615,7 +616,7 @@ def render_report(metrics: dict[str, dict], params: Mapping[str, Any], plots: Ma
                      None if n_macs is None else f"{n_macs / 1e6:.2f}",
                      size, _pct(entry.get("accuracy")), _ms(bench, name, b1), _ms(bench, name, big),
                      _times((sp1.get(name) or {}).get("vs_teacher")), _times(_ratio(t_size, size))])
-    out += _table(["Stage", "Variant", "Model", "Params (M)", "MACs (M)", "Size (MB)", "Accuracy (%)",
+    out += markdown_table(["Stage", "Variant", "Model", "Params (M)", "MACs (M)", "Size (MB)", "Accuracy (%)",
                    f"ms/sample b{b1}", f"ms/sample b{big}", f"Speedup vs teacher (b{b1})",
                    "Size reduction vs teacher"], rows)
 
@@ -625,7 +626,7 @@ def render_report(metrics: dict[str, dict], params: Mapping[str, Any], plots: Ma
             f"Loss: alpha·T²·KL(teacher‖student at T) + (1 − alpha)·CE with alpha = {distill.get('alpha')} and "
             f"T = {distill.get('temperature')}; the baseline trains the same {_arch(baseline)} student with "
             f"the same epochs ({baseline.get('epochs')}) and no teacher.", ""]
-    out += _table(["Model", "Test accuracy (%)", "Val accuracy (%)"], [
+    out += markdown_table(["Model", "Test accuracy (%)", "Val accuracy (%)"], [
         ["teacher", _pct(teacher["accuracy"]), _pct(teacher.get("val_accuracy"))],
         ["student, no teacher (baseline)", _pct(baseline["accuracy"]), _pct(baseline.get("val_accuracy"))],
         ["student, distilled", _pct(distill["accuracy"]), _pct(distill.get("val_accuracy"))]])
@@ -650,8 +651,8 @@ def render_report(metrics: dict[str, dict], params: Mapping[str, Any], plots: Ma
                              "macs": "mac_ratio_removed"}[key])
         prune_rows.append([label, _int(before), _int(after),
                            None if removed is None else f"{100 * removed:.1f}%"])
-    out += _table(["", "Before", "After", "Removed"], prune_rows)
-    out += _table(["Accuracy (%)", "Value"], [
+    out += markdown_table(["", "Before", "After", "Removed"], prune_rows)
+    out += markdown_table(["Accuracy (%)", "Value"], [
         ["distilled student (unpruned)", _pct(prune.get("accuracy_unpruned"))],
         ["right after pruning (no fine-tuning)", _pct(prune.get("accuracy_after_pruning"))],
         ["after fine-tuning", _pct(prune["accuracy"])]])
@@ -676,7 +677,7 @@ def render_report(metrics: dict[str, dict], params: Mapping[str, Any], plots: Ma
                       _pct(entry.get("agreement_with_fp32")), entry.get("size_mb"), entry.get("weights_mb"),
                       f"{layers.get('quantized', '?')} / {layers.get('float', '?')}",
                       _settings(entry.get("settings", {}))])
-    out += _table(["Variant", "Accuracy (%)", "Δ vs FP32 (points)", "Agreement with FP32 (%)", "Size (MB)",
+    out += markdown_table(["Variant", "Accuracy (%)", "Δ vs FP32 (points)", "Agreement with FP32 (%)", "Size (MB)",
                    "Weights (MB)", "Quantized / float layers", "Settings"], qrows)
     qnotes = []
     dyn = qvars.get("dynamic", {})
@@ -716,7 +717,7 @@ def render_report(metrics: dict[str, dict], params: Mapping[str, Any], plots: Ma
             f"FP32 `pruned` ({_ms_value(bench, 'pruned', '8')} ms), the best FP32 runtime "
             f"`{best_fp32 or 'none'}` ({_ms_value(bench, best_fp32, '8')} ms) and the teacher "
             f"({_ms_value(bench, 'teacher', '8')} ms).", ""]
-    out += _table(["Variant", "ms/sample b8", "vs eager FP32 pruned", "vs best FP32 runtime", "vs teacher"],
+    out += markdown_table(["Variant", "ms/sample b8", "vs eager FP32 pruned", "vs best FP32 runtime", "vs teacher"],
                   [[f"`{n}`", _ms(bench, n, "8"), _times(v["vs_pruned_eager"]), _times(v["vs_best_fp32"]),
                     _times(v["vs_teacher"])] for n, v in sp8.items()])
 
@@ -731,7 +732,7 @@ def render_report(metrics: dict[str, dict], params: Mapping[str, Any], plots: Ma
     for name, data in (("prune.json", prune), ("quantize.json", quant)):
         if "targets" not in data:
             notes.append(f"{name} records no targets: its goals are missing from this report (re-run that stage).")
-    out += _table(["Source", "Goal", "Target", "Value", "Met"], goal_rows)
+    out += markdown_table(["Source", "Goal", "Target", "Value", "Met"], goal_rows)
     out += ([f"**Not met ({len(missed)}):**", ""] + [f"- {m}" for m in missed] + [""]) if missed else \
         [f"All {len(goal_rows)} goals are met.", ""]
     if missed:
@@ -750,13 +751,13 @@ def render_report(metrics: dict[str, dict], params: Mapping[str, Any], plots: Ma
     used = [u for u in used if u[2] is not None]
     bench_cfg = [("benchmark", k, v) for k, v in bench.get("config", {}).items()]
     out += [f"## {SECTIONS[7]}", "", "As recorded in the metrics files (what produced these numbers).", ""]
-    out += _table(["Block", "Key", "Value"], [list(u) for u in used + bench_cfg])
+    out += markdown_table(["Block", "Key", "Value"], [list(u) for u in used + bench_cfg])
     notes += _param_mismatches(params, used)
 
     # 9. environment and roofline
     env, roof = bench.get("environment", {}), bench.get("roofline", {})
     out += [f"## {SECTIONS[8]}", ""]
-    out += _table(["Key", "Value"], [[k, v] for k, v in env.items()])
+    out += markdown_table(["Key", "Value"], [[k, v] for k, v in env.items()])
     if roof:
         out += [f"Roofline (measured peak, {roof.get('threads', '?')} thread(s), {roof.get('size', '?')}² matmul): "
                 f"FP32 {_gmacs(roof.get('fp32_gmacs'))}, INT8 {_gmacs(roof.get('int8_gmacs'))}"
@@ -769,7 +770,7 @@ def render_report(metrics: dict[str, dict], params: Mapping[str, Any], plots: Ma
         gm, rf = entry.get("achieved_gmacs", {}), entry.get("roofline_fraction", {})
         roof_rows.append([f"`{name}`", gm.get(b1), _pct_or_none(rf.get(b1)), gm.get(big),
                           _pct_or_none(rf.get(big)), entry.get("peak_rss_mb"), entry.get("compile_s")])
-    out += _table(["Variant", f"GMAC/s b{b1}", f"Roofline b{b1}", f"GMAC/s b{big}", f"Roofline b{big}",
+    out += markdown_table(["Variant", f"GMAC/s b{b1}", f"Roofline b{b1}", f"GMAC/s b{big}", f"Roofline b{big}",
                    "Peak RSS (MB)", "Compile (s)"], roof_rows)
 
     # 10. plots

@@ -52,6 +52,15 @@ def load_imagenet_classes(path: str | Path) -> list[tuple[str, str]]:
     return [entries[i] for i in range(len(entries))]
 
 
+def default_imagenet_classes() -> list[tuple[str, str]]:
+    """The 1,000 ImageNet-1k classes as [(wnid, name)] in torchvision's index order (sorted WordNet
+    ids), from the synset list that ships with timm (no file to download)."""
+    from timm.data import ImageNetInfo
+
+    info = ImageNetInfo("imagenet-1k")
+    return [(info.index_to_label_name(i), info.index_to_description(i)) for i in range(info.num_classes())]
+
+
 @dataclass(frozen=True)
 class Subset:
     """Images of an ImageNet subset with their class indices in the 1000-class output space."""
@@ -104,10 +113,18 @@ def default_weights_dir() -> Path:
     return Path(torch.hub.get_dir()) / "checkpoints"
 
 
-def _weights_versions(arch: str) -> list[Any]:
-    from torchvision.models import get_model_weights, list_models
+def torchvision_classifiers() -> list[str]:
+    """Names of torchvision's ImageNet classification architectures (not detection/segmentation/video)."""
+    import torchvision.models
+    from torchvision.models import list_models
 
-    if arch not in list_models():
+    return list_models(module=torchvision.models)
+
+
+def _weights_versions(arch: str) -> list[Any]:
+    from torchvision.models import get_model_weights
+
+    if arch not in torchvision_classifiers():
         raise EdgecompressError(f"architecture {arch!r} is not a torchvision model")
     return list(get_model_weights(arch))
 
@@ -204,24 +221,69 @@ def published_accuracy(resolved: ResolvedWeights) -> dict[str, float] | None:
     return {"top1": metrics.get("acc@1"), "top5": metrics.get("acc@5")}
 
 
-def topk_accuracy(model: nn.Module, subset: Subset, transform: Any, *, batch_size: int = 16,
-                  ks: tuple[int, ...] = (1, 5)) -> dict[str, float]:
-    """Top-k accuracy (fractions) of `model` on the subset, images decoded and preprocessed by `transform`
-    (torchmetrics, as `train.evaluate`)."""
+def load_images(paths: tuple[Path, ...] | list[Path], transform: Any) -> torch.Tensor:
+    """Decode and preprocess images with a model's eval transform -> float tensor (N, C, H, W)."""
     from PIL import Image
+
+    if not paths:
+        return torch.empty(0)
+    return torch.stack([transform(Image.open(p).convert("RGB")) for p in paths])
+
+
+class ImageCache:
+    """Preprocessed images per distinct eval transform: most torchvision weights share one (resize 256,
+    crop 224, bilinear, ImageNet mean/std), so JPEGs are decoded once per transform, not once per model."""
+
+    def __init__(self) -> None:
+        self._tensors: dict[tuple[str, tuple[Path, ...]], torch.Tensor] = {}
+
+    def get(self, paths: tuple[Path, ...], transform: Any) -> torch.Tensor:
+        key = (repr(describe_preprocessing(transform)), tuple(paths))
+        if key not in self._tensors:
+            self._tensors[key] = load_images(paths, transform)
+        return self._tensors[key]
+
+
+def topk_accuracy(predict: Any, images: torch.Tensor, targets: tuple[int, ...] | torch.Tensor, *,
+                  batch_size: int = 25, ks: tuple[int, ...] = (1, 5)) -> dict[str, float]:
+    """Top-k accuracy (fractions) of `predict` (images -> logits) on preprocessed images, counted by
+    torchmetrics as in `train.evaluate`."""
     from torchmetrics.classification import MulticlassAccuracy
 
+    targets = torch.as_tensor(targets)
     metrics: dict[int, MulticlassAccuracy] = {}
     with torch.inference_mode():
-        for start in range(0, len(subset.paths), batch_size):
-            paths = subset.paths[start:start + batch_size]
-            logits = model(torch.stack([transform(Image.open(p).convert("RGB")) for p in paths]))
-            targets = torch.tensor(subset.targets[start:start + batch_size])
+        for start in range(0, len(images), batch_size):
+            logits = predict(images[start:start + batch_size]).float()
             for k in ks:
                 if k not in metrics:
                     metrics[k] = MulticlassAccuracy(num_classes=logits.shape[1], top_k=k, average="micro")
-                metrics[k].update(logits, targets)
+                metrics[k].update(logits, targets[start:start + batch_size])
     return {f"top{k}": round(float(metrics[k].compute()), 6) for k in ks}  # float32 fraction: 0.82, not 0.8199999
+
+
+def predict_all(predict: Any, images: torch.Tensor, batch_size: int) -> torch.Tensor:
+    """Logits of every image, in batches."""
+    with torch.inference_mode():
+        return torch.cat([predict(images[i:i + batch_size]).float() for i in range(0, len(images), batch_size)])
+
+
+def fidelity(reference: torch.Tensor, logits: torch.Tensor) -> dict[str, float]:
+    """How closely a quantized model follows its FP32 original on the same images: top-1 agreement
+    (share of equal predicted classes) and the logits' signal-to-quantization-noise ratio in dB."""
+    noise = (reference - logits).norm()
+    sqnr = float("inf") if noise == 0 else float(20 * torch.log10(reference.norm() / noise))
+    return {"top1_agreement": round(float((reference.argmax(1) == logits.argmax(1)).float().mean()), 6),
+            "sqnr_db": round(sqnr, 2)}
+
+
+def accuracy_interval(correct: int, total: int, confidence: float = 0.95) -> list[float]:
+    """Clopper-Pearson (exact binomial) interval of an accuracy measured on `total` images: with one
+    image per class the band is wide, and a published figure is judged against it."""
+    from scipy.stats import binomtest
+
+    ci = binomtest(int(correct), int(total)).proportion_ci(confidence_level=confidence, method="exact")
+    return [round(float(ci.low), 4), round(float(ci.high), 4)]
 
 
 def describe_preprocessing(transform: Any) -> dict[str, Any]:
@@ -230,32 +292,191 @@ def describe_preprocessing(transform: Any) -> dict[str, Any]:
             "interpolation": transform.interpolation.value, "mean": list(transform.mean), "std": list(transform.std)}
 
 
-def benchmark_model(resolved: ResolvedWeights, subset: Subset, *, batch_sizes: tuple[int, ...] = (1, 4, 8, 16),
-                    warmup: int = 3, repeats: int = 10, min_time_s: float = 0.0, threads: int = 1) -> dict[str, Any]:
-    """One pretrained model on the subset: top-1/top-5, params, MACs, weights file size, and latency per
-    batch size (median/IQR per image and per call, on the subset's own preprocessed images), with the
-    chain's timer (`bench.latency_sweep`). Published accuracy is recorded beside the measured one."""
-    from PIL import Image
+def count_macs(model: nn.Module, input_size: tuple[int, ...]) -> int:
+    """Multiply-accumulates of one forward pass on one image, from torch's FLOP counter (every aten
+    matmul/conv/attention op, so transformers' attention products count too; FLOPs / 2)."""
+    from torch.utils.flop_counter import FlopCounterMode
 
-    from edgecompress.bench import latency_sweep
-    from edgecompress.models import count_macs, count_params
+    counter = FlopCounterMode(display=False)
+    with counter, torch.inference_mode():
+        model(torch.zeros(1, *input_size))
+    return int(counter.get_total_flops() // 2)
 
-    torch.set_num_threads(threads)
-    model = load_pretrained(resolved)
-    transform = preprocessing(resolved)
-    accuracy = topk_accuracy(model, subset, transform)
-    sample = torch.stack([transform(Image.open(p).convert("RGB")) for p in subset.paths[:max(batch_sizes)]])
 
+def inference_predict(model: nn.Module) -> Any:
+    """`model` as images -> logits under inference mode (the callable every measurement times)."""
     def predict(x: torch.Tensor) -> torch.Tensor:
         with torch.inference_mode():
             return model(x)
 
-    sweep = latency_sweep(predict, sample, batch_sizes=batch_sizes, warmup=warmup, repeats=repeats,
-                          min_time_s=min_time_s)
-    return {"arch": resolved.arch, "weights": resolved.label,
-            "weights_file": str(resolved.path) if resolved.path else None,
-            "images": len(subset.paths), "classes": subset.num_classes_present, **accuracy,
-            "published": published_accuracy(resolved), "params": count_params(model),
-            "macs": count_macs(model, tuple(sample.shape[1:])),
-            "size_mb": round(resolved.path.stat().st_size / 1e6, 4) if resolved.path else None,
-            "preprocessing": describe_preprocessing(transform), "threads": threads, **sweep}
+    return predict
+
+
+@dataclass(frozen=True)
+class Measurement:
+    """How a zoo model is measured: evaluation batch and the latency sweep's settings."""
+
+    batch_sizes: tuple[int, ...] = (1, 4, 8, 16)
+    warmup: int = 1
+    repeats: int = 3
+    min_time_s: float = 0.0
+    eval_batch_size: int = 25
+
+
+def measure(predict: Any, images: torch.Tensor, targets: tuple[int, ...], how: Measurement,
+            batch_sizes: tuple[int, ...] | None = None) -> dict[str, Any]:
+    """Top-1/top-5 with the exact interval of top-1, and latency per batch size (median/IQR per image
+    and per call, throughput) with the chain's timer, on the same real images."""
+    from edgecompress.bench import latency_sweep
+
+    accuracy = topk_accuracy(predict, images, targets, batch_size=how.eval_batch_size)
+    correct = round(accuracy["top1"] * len(targets))
+    sweep = latency_sweep(predict, images, batch_sizes=batch_sizes or how.batch_sizes, warmup=how.warmup,
+                          repeats=how.repeats, min_time_s=how.min_time_s)
+    return {**accuracy, "top1_interval95": accuracy_interval(correct, len(targets)), **sweep}
+
+
+def benchmark_model(resolved: ResolvedWeights, images: torch.Tensor, targets: tuple[int, ...],
+                    how: Measurement) -> dict[str, Any]:
+    """One pretrained FP32 model on preprocessed subset images: accuracy (with published figures
+    beside it), params, MACs, weights file size and latency per batch size."""
+    from edgecompress.models import count_params
+
+    model = load_pretrained(resolved)
+    published = published_accuracy(resolved)
+    result = measure(inference_predict(model), images, targets, how)
+    if published and published.get("top1") is not None:
+        low, high = result["top1_interval95"]
+        result["published_in_interval"] = low * 100 <= published["top1"] <= high * 100
+        result["top1_minus_published_points"] = round(result["top1"] * 100 - published["top1"], 2)
+    return {"arch": resolved.arch, "weights": resolved.label, "random_weights": resolved.version is None,
+            "weights_file": str(resolved.path) if resolved.path else None, "images": len(targets),
+            "classes": len(set(targets)), "published": published, "params": count_params(model),
+            "macs": count_macs(model, tuple(images.shape[1:])),
+            "size_mb": state_dict_mb(model), "preprocessing": describe_preprocessing(preprocessing(resolved)),
+            **result}
+
+
+def state_dict_mb(model: nn.Module) -> float:
+    """Serialized size of the model's state dict (MB): what a weights file of it takes on disk."""
+    import io
+
+    buffer = io.BytesIO()
+    torch.save(model.state_dict(), buffer)
+    return round(buffer.tell() / 1e6, 4)
+
+
+def resolve_models(models: dict[str, str], weights_dir: str | Path | None) -> dict[str, ResolvedWeights]:
+    """`resolve_weights` for an {arch: pretrained|random} mapping; one message lists every missing file."""
+    resolved = resolve_weights([a for a, w in models.items() if w == "pretrained"], weights_dir)
+    resolved.update(resolve_weights([a for a, w in models.items() if w == RANDOM_WEIGHTS], None, RANDOM_WEIGHTS))
+    return {arch: resolved[arch] for arch in models}
+
+
+def evaluation_and_calibration(subset: Subset, max_images: int, calibration_images: int = 0
+                               ) -> tuple[Subset, tuple[Path, ...]]:
+    """The first `max_images` images (one per class first) for evaluation and the next
+    `calibration_images` for quantization calibration: calibration never sees an evaluated image.
+
+    Raises:
+        EdgecompressError: fewer than `calibration_images` images left after the evaluation set.
+    """
+    count = min(max_images, len(subset.paths))
+    calibration = subset.paths[count:count + calibration_images]
+    if len(calibration) < calibration_images:
+        raise EdgecompressError(
+            f"zoo.calibration_batches x zoo.calibration_batch_size = {calibration_images} calibration images are "
+            f"needed beyond the {count} evaluation images, but only {len(subset.paths) - count} are left of "
+            f"{len(subset.paths)}; lower zoo.max_images or add images")
+    targets = subset.targets[:count]
+    return Subset(subset.paths[:count], targets, len(set(targets))), calibration
+
+
+# ----------------------------------------------------------------------------------------------
+# Quantization analysis (methods from edgecompress.quantize, the chain's one quantization backend)
+DYNAMIC_NOTE = ("PyTorch dynamic quantization converts only nn.Linear (and RNN) layers; Conv2d has no dynamic "
+                "INT8 kernel and stays float32, so CNNs barely change (only their classifier) while "
+                "transformers (ViT/Swin: Linear-heavy) do")
+
+
+def _failure(exc: Exception, what: str) -> dict[str, str]:
+    first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:240]
+    log.warning("%s: skipped (%s: %s)", what, type(exc).__name__, first)
+    return {"skipped": f"{what} failed ({type(exc).__name__}: {first})"}
+
+
+def dynamic_analysis(model: nn.Module, images: torch.Tensor, targets: tuple[int, ...],
+                     how: Measurement) -> dict[str, Any]:
+    """Dynamic INT8 (Linear layers) of `model`: layers quantized vs float, size, accuracy, latency per
+    batch size. A model whose forward uses a Linear's weight directly (torchvision's Swin passes
+    `qkv.weight` to F.linear) cannot run with the quantized Linear: recorded as {"skipped": reason}."""
+    from edgecompress.quantize import layer_summary, quant_engine, quantize_dynamic_linear
+
+    quantized = quantize_dynamic_linear(model)
+    try:
+        with quant_engine(quantized.quant_engine):
+            result = measure(inference_predict(quantized), images, targets, how)
+    except Exception as exc:  # noqa: BLE001 - the model's own forward rejects the quantized module
+        return _failure(exc, "running the dynamically quantized model")
+    return {"layers": layer_summary(quantized), "size_mb": state_dict_mb(quantized), "note": DYNAMIC_NOTE, **result}
+
+
+def static_analysis(model: nn.Module, images: torch.Tensor, targets: tuple[int, ...], calibration: torch.Tensor,
+                    how: Measurement, *, configs: tuple[str, ...], calibration_batch_size: int,
+                    batch_size: int) -> dict[str, dict[str, Any]]:
+    """FX graph-mode static INT8 per engine (`x86`, `fbgemm`, `qnnpack`: torch's default QConfig mapping
+    for it) and `custom` (`quantize.custom_qconfig` on x86), calibrated on `calibration` images; latency
+    at `batch_size`. An engine missing from this torch build, or a model FX cannot trace, is recorded
+    as {"skipped": reason} and the others go on."""
+    from edgecompress.quantize import BackendUnsupported, layer_summary, quant_engine, quantize_static_fx
+
+    results: dict[str, dict[str, Any]] = {}
+    reference = predict_all(inference_predict(model), images, how.eval_batch_size)
+    for name in configs:
+        backend, qconfig = ("x86", "custom") if name == "custom" else (name, "default")
+        try:
+            quantized = quantize_static_fx(model, calibration, backend=backend, qconfig=qconfig,
+                                           batch_size=calibration_batch_size)
+        except BackendUnsupported as exc:
+            results[name] = {"skipped": str(exc)}
+            continue
+        except Exception as exc:  # noqa: BLE001 - symbolic tracing fails on data-dependent control flow
+            results[name] = _failure(exc, f"FX graph-mode static quantization ({name})")
+            continue
+        try:
+            with quant_engine(backend):
+                result = measure(inference_predict(quantized), images, targets, how, batch_sizes=(batch_size,))
+                result.update(fidelity(reference, predict_all(inference_predict(quantized), images, how.eval_batch_size)))
+        except Exception as exc:  # noqa: BLE001 - e.g. an op without a quantized kernel on this engine
+            results[name] = _failure(exc, f"running the {name} INT8 model")
+            continue
+        results[name] = {"engine": backend, "qconfig": qconfig, "layers": layer_summary(quantized),
+                         "size_mb": state_dict_mb(quantized), "calibration_images": len(calibration), **result}
+    return results
+
+
+# ----------------------------------------------------------------------------------------------
+# What both zoo stages start from
+@dataclass(frozen=True)
+class ZooInputs:
+    """Resolved weights, evaluation images and calibration images of the zoo pipeline's params."""
+
+    models: dict[str, ResolvedWeights]
+    evaluation: Subset
+    calibration: tuple[Path, ...]
+    description: dict[str, Any]  # for metrics: where the images and class list came from
+
+
+def zoo_inputs(params: Any, *, calibration_images: int = 0) -> ZooInputs:
+    """Resolve every model's weights first (a missing file fails before any image is read), then
+    split the image tree into evaluation and calibration images (`params`: `params.ZooParams`)."""
+    models = resolve_models(dict(params.models), params.weights_dir)
+    if params.classes:
+        classes, class_list = load_imagenet_classes(params.classes), str(params.classes)
+    else:
+        classes, class_list = default_imagenet_classes(), "timm's ImageNet-1k synset list (torchvision order)"
+    subset = imagenet_subset(params.images, classes)
+    evaluation, calibration = evaluation_and_calibration(subset, params.max_images, calibration_images)
+    description = {"root": str(params.images), "count": len(evaluation.paths), "classes": evaluation.num_classes_present,
+                   "available": len(subset.paths), "class_list": class_list}
+    return ZooInputs(models, evaluation, calibration, description)

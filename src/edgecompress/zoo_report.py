@@ -1,0 +1,230 @@
+"""The zoo pipeline's plots and REPORT.md, computed from its metrics files only.
+
+`zoo.json` (stage zoo_benchmark: FP32 pretrained models) and `zoo_quantize.json` (stage zoo_quantize:
+dynamic and FX static INT8 of the same models). Every number in the report is read from them; a model
+with random weights is marked as such in every table and plot (its accuracy is chance level by design).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import matplotlib.pyplot as plt
+
+from edgecompress.io import read_json, write_text
+from edgecompress.plots import save_figure
+from edgecompress.report import markdown_table
+from edgecompress.zoo import DYNAMIC_NOTE
+
+RANDOM_TAG = " (random weights)"
+PLOT_FILES = {"accuracy_vs_latency": "zoo_accuracy_vs_latency.png",
+              "batch_size_analysis": "batch_size_analysis_combined.png",
+              "static_quant_analysis": "static_quant_analysis.png"}
+
+
+def _label(arch: str, entry: dict[str, Any]) -> str:
+    return arch + (RANDOM_TAG if entry.get("random_weights") else "")
+
+
+def _ms(entry: dict[str, Any], batch: int | str, key: str = "latency_ms") -> float | None:
+    value = entry.get(key, {}).get(str(batch))
+    return None if value is None else value["median"]
+
+
+def _subtitle(zoo: dict[str, Any]) -> str:
+    images = zoo["images"]
+    text = f"{images['count']} images of {images['classes']} classes from {images['root']}; {zoo['threads']} threads"
+    if any(e.get("random_weights") for e in zoo["models"].values()):
+        text += "\nhollow markers: RANDOM weights (smoke run / no official file here) - accuracy is chance level"
+    return text
+
+
+def plot_accuracy_vs_latency(zoo: dict[str, Any], path: str | Path) -> None:
+    """Top-1 (with its 95% interval) vs per-image latency at batch 1 and at the largest batch; marker
+    area follows the parameter count."""
+    batches = zoo["batch_sizes"]
+    fig, axes = plt.subplots(1, 2 if len(batches) > 1 else 1, figsize=(12, 5), squeeze=False)
+    cmap = plt.get_cmap("tab10")
+    for ax, batch in zip(axes[0], (batches[0], batches[-1])):
+        for i, (arch, entry) in enumerate(zoo["models"].items()):
+            latency = _ms(entry, batch)
+            low, high = entry["top1_interval95"]
+            top1 = 100 * entry["top1"]
+            colour = cmap(i % 10)
+            ax.errorbar(latency, top1, yerr=[[top1 - 100 * low], [100 * high - top1]], fmt="none", ecolor=colour,
+                        alpha=0.6, capsize=3)
+            ax.scatter(latency, top1, s=30 + entry["params"] / 2.5e5, color="none" if entry["random_weights"] else colour,
+                       edgecolors=colour, linewidths=1.5, label=_label(arch, entry))
+            ax.annotate(arch, (latency, top1), textcoords="offset points", xytext=(6, 4), fontsize=7)
+        ax.set(xlabel=f"inference time at batch {batch} (ms/image, median)", ylabel="top-1 on the subset (%)",
+               title=f"Top-1 vs latency, batch {batch}")
+        ax.set_xscale("log")
+        ax.grid(alpha=0.3, which="both")
+    axes[0][0].legend(fontsize=7, loc="best")
+    fig.suptitle("Pretrained ImageNet models: accuracy vs CPU latency (bars: exact 95% interval; "
+                 "marker area ~ params)\n" + _subtitle(zoo), fontsize=9)
+    save_figure(fig, path)
+
+
+def plot_batch_size_analysis(zoo: dict[str, Any], quant: dict[str, Any], path: str | Path) -> None:
+    """Per model, FP32 (solid) and dynamic INT8 (dashed): left top-1 vs per-image time through the batch
+    sizes, right per-image time vs batch size. The subtitle says what dynamic mode quantizes."""
+    batches = zoo["batch_sizes"]
+    fig, (ax_acc, ax_lat) = plt.subplots(1, 2, figsize=(13, 5.4))
+    cmap = plt.get_cmap("tab10")
+    for i, (arch, fp32) in enumerate(zoo["models"].items()):
+        colour = cmap(i % 10)
+        dynamic = quant["models"].get(arch, {}).get("dynamic")
+        for entry, style, kind in ((fp32, "-", "FP32"), (dynamic, "--", "dynamic")):
+            if not entry or "skipped" in entry:
+                continue
+            lat = [_ms(entry, b) for b in batches]
+            ax_acc.plot(lat, [100 * entry["top1"]] * len(lat), ls=style, marker="o", ms=4, color=colour)
+            ax_lat.plot(batches, lat, ls=style, marker="o", ms=4, color=colour,
+                        label=f"{_label(arch, fp32)} {kind}")
+    ax_acc.set(xlabel="inference time (ms/image, median)", ylabel="top-1 on the subset (%)",
+               title="Top-1 vs per-image time (points: batch sizes)")
+    ax_acc.set_xscale("log")
+    ax_lat.set_xscale("log", base=2)
+    ax_lat.set_yscale("log")
+    ax_lat.set_xticks(batches, [str(b) for b in batches])
+    ax_lat.set(xlabel="batch size", ylabel="ms/image (median)", title="Per-image time vs batch size")
+    for ax in (ax_acc, ax_lat):
+        ax.grid(alpha=0.3, which="both")
+    ax_lat.legend(fontsize=7, bbox_to_anchor=(1.02, 1), loc="upper left")
+    fig.suptitle(f"Dynamic quantization over batch sizes {'/'.join(map(str, batches))}: solid FP32, dashed "
+                 f"dynamic INT8\n{DYNAMIC_NOTE}\n{_subtitle(zoo)}", fontsize=8)
+    save_figure(fig, path)
+
+
+def plot_static_quant_analysis(zoo: dict[str, Any], quant: dict[str, Any], path: str | Path) -> None:
+    """Grouped bars per model: top-1 and per-image latency of FP32 and each static INT8 config;
+    skipped configs are marked with their reason."""
+    configs = quant["static_configs"]
+    batch = quant["static_batch_size"]
+    archs = list(zoo["models"])
+    series = ["fp32", *configs]
+    width = 0.8 / len(series)
+    fig, (ax_acc, ax_lat) = plt.subplots(2, 1, figsize=(max(8, 1.6 * len(archs) + 4), 8.5), sharex=True)
+    cmap = plt.get_cmap("Set2")
+    for j, name in enumerate(series):
+        xs = [i - 0.4 + width * (j + 0.5) for i in range(len(archs))]
+        entries = [zoo["models"][a] if name == "fp32" else quant["models"].get(a, {}).get("static", {}).get(name, {})
+                   for a in archs]
+        measured = [e if e and "skipped" not in e else None for e in entries]
+        ax_acc.bar(xs, [100 * e["top1"] if e else 0 for e in measured], width, color=cmap(j), label=name,
+                   edgecolor="black", linewidth=0.4)
+        ax_lat.bar(xs, [(_ms(e, batch) or 0) if e else 0 for e in measured], width, color=cmap(j), label=name,
+                   edgecolor="black", linewidth=0.4)
+        for x, e in zip(xs, entries):
+            if e and "skipped" in e:
+                for ax in (ax_acc, ax_lat):
+                    ax.text(x, 0.02, "skipped", rotation=90, ha="center", va="bottom", fontsize=6,
+                            color="dimgray", transform=ax.get_xaxis_transform())
+    ax_acc.set(ylabel="top-1 on the subset (%)", title="Accuracy per static INT8 config (FX graph mode)")
+    ax_lat.set(ylabel=f"ms/image at batch {batch} (median)", title="Inference time per config")
+    ax_lat.set_xticks(range(len(archs)), [_label(a, zoo["models"][a]) for a in archs], rotation=15, ha="right")
+    for ax in (ax_acc, ax_lat):
+        ax.grid(axis="y", alpha=0.3)
+        ax.legend(fontsize=7, ncol=len(series))
+    fig.suptitle(f"Static INT8: engines' default QConfig mappings and a custom QConfig, calibrated on "
+                 f"{quant['calibration']['images']} images not used for evaluation\n{_subtitle(zoo)}", fontsize=8)
+    save_figure(fig, path)
+
+
+def _pct(value: float | None) -> str | None:
+    return None if value is None else f"{100 * value:.1f}"
+
+
+def _interval(entry: dict[str, Any]) -> str:
+    low, high = entry["top1_interval95"]
+    return f"{100 * low:.1f}–{100 * high:.1f}"
+
+
+def render_report(zoo: dict[str, Any], quant: dict[str, Any], plots: dict[str, str]) -> str:
+    """REPORT.md of the zoo pipeline (markdown)."""
+    batches = zoo["batch_sizes"]
+    images = zoo["images"]
+    lines = ["# Model zoo report", "",
+             f"Generated by the `zoo_report` stage from `metrics/zoo.json` and `metrics/zoo_quantize.json`. "
+             f"{images['count']} images ({images['classes']} classes, one per class first) from "
+             f"`{images['root']}`; class list: {images['class_list']}. CPU: {zoo['environment'].get('cpu')}, "
+             f"{zoo['threads']} threads, torch {zoo['environment'].get('torch')}. Latency: median over "
+             f"{zoo['timing']['repeats']}+ timed calls after {zoo['timing']['warmup']} warm-up per batch size.", ""]
+    random = [a for a, e in zoo["models"].items() if e.get("random_weights")]
+    if random:
+        lines += [f"**Random weights (untrained): {', '.join(random)}.** No official weights file for them was "
+                  f"found here (never downloaded); their accuracy is chance level and says nothing about the "
+                  f"architecture — only their size and latency are meaningful. Put the official files in the "
+                  f"weights directory and set them to `pretrained` in params.yaml.", ""]
+    lines += ["## FP32 models (stage zoo_benchmark)", ""]
+    rows = []
+    for arch, e in zoo["models"].items():
+        published = (e.get("published") or {}).get("top1")
+        rows.append([_label(arch, e), _pct(e["top1"]), _interval(e), _pct(e["top5"]),
+                     None if published is None else f"{published:.1f}",
+                     e.get("top1_minus_published_points"), e.get("published_in_interval"),
+                     f"{e['params'] / 1e6:.2f}", f"{e['macs'] / 1e9:.2f}", e["size_mb"],
+                     *[_ms(e, b) for b in batches]])
+    lines += markdown_table(["model", "top-1 %", "top-1 95% interval", "top-5 %", "published top-1 %",
+                             "Δ points", "published inside interval", "params (M)", "GMACs", "size (MB)",
+                             *[f"ms/image b{b}" for b in batches]], rows)
+    lines += ["Published: ImageNet-1k validation (50,000 images) top-1 from the weights' metadata. The interval is "
+              "the exact (Clopper–Pearson) 95% binomial interval of the subset's top-1: with one image per class "
+              "a few points either way are noise.", ""]
+    lines += ["## Dynamic quantization (stage zoo_quantize)", "", f"> {DYNAMIC_NOTE}.", ""]
+    rows = []
+    for arch, e in zoo["models"].items():
+        d = quant["models"].get(arch, {}).get("dynamic")
+        if not d:
+            continue
+        if "skipped" in d:
+            rows.append([_label(arch, e), "skipped: " + d["skipped"]] + [None] * (3 + len(batches)))
+            continue
+        layers = d["layers"]
+        rows.append([_label(arch, e), f"{layers['quantized']} INT8 / {layers['float']} float",
+                     _pct(e["top1"]), _pct(d["top1"]), f"{e['size_mb']} → {d['size_mb']}",
+                     *[f"{_ms(e, b):.2f} → {_ms(d, b):.2f}" for b in batches]])
+    lines += markdown_table(["model", "compute layers", "FP32 top-1 %", "dynamic top-1 %", "size MB",
+                             *[f"ms/image b{b} FP32 → dynamic" for b in batches]], rows)
+    batch = quant["static_batch_size"]
+    lines += ["## Static INT8, FX graph mode (stage zoo_quantize)", "",
+              f"Calibrated on {quant['calibration']['images']} images ({quant['calibration']['batches']} batch(es) of "
+              f"{quant['calibration']['batch_size']}) that are not among the evaluated ones; latency at batch {batch}. "
+              f"`custom`: HistogramObserver activations (full 8-bit range) + 7-bit per-channel symmetric MinMax weights (`quantize.custom_qconfig`). Agreement: share of images whose top-1 class equals FP32's; SQNR: of the logits vs FP32.", ""]
+    rows = []
+    for arch, e in zoo["models"].items():
+        for name, s in quant["models"].get(arch, {}).get("static", {}).items():
+            if "skipped" in s:
+                rows.append([_label(arch, e), name, "skipped: " + s["skipped"], None, None, None, None, None, None])
+                continue
+            fp32_ms, int8_ms = _ms(e, batch), _ms(s, batch)
+            rows.append([_label(arch, e), name, f"{_pct(e['top1'])} → {_pct(s['top1'])}",
+                         _pct(s["top1_agreement"]), s["sqnr_db"], f"{s['layers']['quantized']} INT8 / {s['layers']['float']} float",
+                         f"{e['size_mb']} → {s['size_mb']}", f"{fp32_ms:.2f} → {int8_ms:.2f}",
+                         f"{fp32_ms / int8_ms:.2f}×" if fp32_ms and int8_ms else None])
+    lines += markdown_table(["model", "config", "top-1 % FP32 → INT8", "agreement %", "SQNR dB", "compute layers", "size MB",
+                             f"ms/image b{batch}", "speed-up"], rows)
+    lines += ["## Plots", ""] + [f"![{key}]({path})" for key, path in plots.items()] + [""]
+    return "\n".join(lines)
+
+
+def write_plots(zoo: dict[str, Any], quant: dict[str, Any], plots_dir: str | Path) -> dict[str, Path]:
+    """The quantization plots (the accuracy-vs-latency plot belongs to zoo_benchmark)."""
+    plots_dir = Path(plots_dir)
+    paths = {key: plots_dir / PLOT_FILES[key] for key in ("batch_size_analysis", "static_quant_analysis")}
+    plot_batch_size_analysis(zoo, quant, paths["batch_size_analysis"])
+    plot_static_quant_analysis(zoo, quant, paths["static_quant_analysis"])
+    return paths
+
+
+def build_report(zoo_path: str | Path, quant_path: str | Path, plots_dir: str | Path, out_path: str | Path) -> str:
+    """Read the metrics files and write REPORT.md (atomically); plot links relative to the report."""
+    out_path = Path(out_path)
+    plots = {key: Path(plots_dir, name) for key, name in PLOT_FILES.items()}
+    rel = {key: Path(os.path.relpath(path, out_path.parent)).as_posix() for key, path in plots.items()}
+    text = render_report(read_json(zoo_path), read_json(quant_path), rel)
+    write_text(out_path, text)
+    return text

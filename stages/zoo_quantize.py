@@ -1,0 +1,47 @@
+"""Stage `zoo_quantize`: dynamic INT8 (Linear layers only, as PyTorch allows) over the batch sizes and
+FX static INT8 per engine (x86, fbgemm, qnnpack) and with a custom QConfig, for every zoo model,
+calibrated on images not used for evaluation -> metrics/zoo_quantize.json and two plots."""
+
+import torch
+
+from edgecompress.io import read_json, write_json
+from edgecompress.params import ZooPipelineParams, load_params
+from edgecompress.pipeline import log, run_stage, stage_args
+from edgecompress.zoo import (DYNAMIC_NOTE, ImageCache, dynamic_analysis, load_pretrained, preprocessing,
+                              static_analysis, zoo_inputs)
+from edgecompress.zoo_report import write_plots
+
+
+def main() -> None:
+    args = stage_args(__doc__, {"zoo": "metrics/zoo.json of zoo_benchmark (FP32 reference)",
+                                "metrics": "metrics JSON to write", "plots": "directory for the plots"})
+    params = load_params(args.params, ZooPipelineParams).zoo
+    torch.set_num_threads(params.threads)
+    fp32 = read_json(args.zoo)
+    inputs = zoo_inputs(params, calibration_images=params.calibration_batches * params.calibration_batch_size)
+    subset, cache, how = inputs.evaluation, ImageCache(), params.measurement()
+    results = {}
+    for arch, resolved in inputs.models.items():
+        transform = preprocessing(resolved)
+        images, calibration = cache.get(subset.paths, transform), cache.get(inputs.calibration, transform)
+        model = load_pretrained(resolved)
+        results[arch] = {"weights": resolved.label, "random_weights": resolved.version is None}
+        if params.dynamic:
+            results[arch]["dynamic"] = dynamic_analysis(model, images, subset.targets, how)
+        results[arch]["static"] = static_analysis(
+            model, images, subset.targets, calibration, how, configs=params.static,
+            calibration_batch_size=params.calibration_batch_size, batch_size=params.static_batch_size)
+        log.info("%s: %s", arch, {k: v.get("top1", "skipped") for k, v in
+                                  {"dynamic": results[arch].get("dynamic", {}), **results[arch]["static"]}.items()})
+    metrics = {"models": results, "dynamic_note": DYNAMIC_NOTE, "static_configs": list(params.static),
+               "static_batch_size": params.static_batch_size, "batch_sizes": list(how.batch_sizes),
+               "calibration": {"images": len(inputs.calibration), "batches": params.calibration_batches,
+                               "batch_size": params.calibration_batch_size,
+                               "source": "the subset's images after the evaluated ones (never evaluated)"},
+               "images": inputs.description}
+    write_plots(fp32, metrics, args.plots)
+    write_json(args.metrics, metrics)
+
+
+if __name__ == "__main__":
+    run_stage(main)

@@ -1,0 +1,67 @@
+"""End to end: `dvc repro pipelines/zoo/dvc.yaml` with random weights (clearly labelled) on a tiny
+image tree and a tiny CIFAR-100-format data set the test writes: every output file is produced."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+from PIL import Image
+
+from conftest import deep_update, run
+from test_finetune import write_cifar100
+
+pytestmark = pytest.mark.slow
+
+WNIDS = ("n01440764", "n01443537", "n01484850")
+
+
+def write_image_tree(root: Path, per_class: int) -> Path:
+    for c, wnid in enumerate(WNIDS):
+        for k in range(per_class):
+            (root / wnid).mkdir(parents=True, exist_ok=True)
+            Image.new("RGB", (64, 48), (40 * c, 20 * k, 200)).save(root / wnid / f"{k}.JPEG")
+    return root
+
+
+def test_zoo_pipeline_smoke_run_random_weights(repo_copy: Path, tmp_path: Path) -> None:
+    images = write_image_tree(tmp_path / "imagenet-tiny", per_class=2)
+    cifar = write_cifar100(tmp_path / "cifar", num_classes=5, train_per_class=4, test_per_class=2)
+    params_path = repo_copy / "pipelines" / "zoo" / "params.yaml"
+    params = deep_update(yaml.safe_load(params_path.read_text()), {
+        "zoo": {"images": str(images), "max_images": 3, "warmup": 0, "repeats": 3, "threads": 1,
+                "batch_sizes": [1, 2], "static_batch_size": 2, "calibration_batch_size": 2, "eval_batch_size": 2},
+        "finetune": {"arch": "mobilenet_v3_small", "weights": "random", "train_stages": ["classifier"], "epochs": 1,
+                     "data": {"root": str(cifar), "val_fraction": 0.25},
+                     "train": {"device": "cpu", "batch_size": 8, "amp": False}},
+    })
+    params["zoo"]["models"] = {"mobilenet_v3_small": "random", "squeezenet1_1": "random"}
+    params_path.write_text(yaml.safe_dump(params, sort_keys=False))
+
+    run(["dvc", "repro", "pipelines/zoo/dvc.yaml"], repo_copy, timeout=900)
+
+    zoo_dir = repo_copy / "pipelines" / "zoo"
+    zoo = json.loads((zoo_dir / "metrics" / "zoo.json").read_text())
+    assert set(zoo["models"]) == {"mobilenet_v3_small", "squeezenet1_1"} and zoo["images"]["count"] == 3
+    assert zoo["random_weights"] == ["mobilenet_v3_small", "squeezenet1_1"]
+    assert all(entry["weights"].startswith("random") for entry in zoo["models"].values())
+    quant = json.loads((zoo_dir / "metrics" / "zoo_quantize.json").read_text())
+    assert quant["calibration"]["images"] == 2 and quant["images"]["count"] == 3
+    small = quant["models"]["mobilenet_v3_small"]
+    assert small["dynamic"]["layers"]["quantized_layers"] == {"Linear": 2}
+    assert small["dynamic"]["layers"]["float_layers"]["Conv2d"] > 0
+    assert quant["models"]["squeezenet1_1"]["dynamic"]["layers"]["quantized"] == 0  # no Linear layer at all
+    for entry in quant["models"].values():
+        assert set(entry["static"]) == {"x86", "fbgemm", "qnnpack", "custom"}
+    finetune = json.loads((zoo_dir / "metrics" / "finetune_cifar100.json").read_text())
+    assert finetune["weights"].startswith("random") and finetune["arch"] == "mobilenet_v3_small"
+    for plot in ("zoo_accuracy_vs_latency", "batch_size_analysis_combined", "static_quant_analysis"):
+        assert (zoo_dir / "plots" / f"{plot}.png").read_bytes()[:4] == b"\x89PNG", plot
+    assert (zoo_dir / "plots" / "finetune_cifar100" / "training_curves.png").is_file()
+    assert (zoo_dir / "models" / "finetune_cifar100.pt").is_file()
+    report = (zoo_dir / "REPORT.md").read_text()
+    assert "Random weights (untrained): mobilenet_v3_small, squeezenet1_1" in report
+    assert "squeezenet1_1 (random weights)" in report and "plots/static_quant_analysis.png" in report
+    assert "up to date" in run(["dvc", "repro", "pipelines/zoo/dvc.yaml"], repo_copy).stdout
