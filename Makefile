@@ -6,7 +6,7 @@ BIN := $(CURDIR)/$(VENV)/bin
 STAMP := $(VENV)/.installed
 export PATH := $(BIN):$(PATH)
 
-.PHONY: install run test clean-outputs
+.PHONY: install run zoo test clean-outputs
 
 install: $(STAMP)
 
@@ -19,6 +19,9 @@ $(STAMP): requirements.txt requirements-weights.txt pyproject.toml
 
 run: install  ## install, then run the whole pipeline on the embedded default data
 	$(BIN)/dvc repro
+
+zoo: install  ## install, then the zoo pipeline (pretrained ImageNet models; CIFAR-100 fine-tuning if its data is there)
+	$(BIN)/dvc repro --keep-going pipelines/zoo/dvc.yaml
 
 test: install  ## install, then run the test suite
 	$(BIN)/python -m pytest

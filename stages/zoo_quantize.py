@@ -7,8 +7,8 @@ import torch
 from edgecompress.io import read_json, write_json
 from edgecompress.params import ZooPipelineParams, load_params
 from edgecompress.pipeline import log, run_stage, stage_args
-from edgecompress.zoo import (DYNAMIC_NOTE, ImageCache, dynamic_analysis, load_pretrained, preprocessing,
-                              static_analysis, zoo_inputs)
+from edgecompress.zoo import (DYNAMIC_NOTE, ImageCache, dynamic_analysis, fp32_latency, load_pretrained,
+                              preprocessing, static_analysis, zoo_inputs)
 from edgecompress.zoo_report import write_plots
 
 
@@ -25,7 +25,8 @@ def main() -> None:
         transform = preprocessing(resolved)
         images, calibration = cache.get(subset.paths, transform), cache.get(inputs.calibration, transform)
         model = load_pretrained(resolved)
-        results[arch] = {"weights": resolved.label, "random_weights": resolved.version is None}
+        results[arch] = {"weights": resolved.label, "random_weights": resolved.version is None,
+                         "fp32": fp32_latency(model, images, how)}
         if params.dynamic:
             results[arch]["dynamic"] = dynamic_analysis(model, images, subset.targets, how)
         results[arch]["static"] = static_analysis(

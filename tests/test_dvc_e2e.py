@@ -46,6 +46,21 @@ def check_benchmark_and_report(repo, quant):
         assert f"plots/{plot}.png" in report, plot
 
 
+def check_remote_round_trip(repo, remote, clone):
+    """Artifacts through a DVC remote (a local directory here; S3/SSH are the same commands): push
+    from one clone, pull into a fresh one, which then needs no re-training and no re-run."""
+    run(["dvc", "remote", "add", "-d", "shared", str(remote)], repo)
+    run(["git", "commit", "-qam", "dvc remote"], repo)
+    run(["dvc", "push", "--run-cache"], repo)
+    run(["git", "clone", "-q", str(repo), str(clone)], repo.parent)
+    assert not (clone / "models" / "teacher.pt").exists()
+    run(["dvc", "pull", "--run-cache"], clone)
+    assert (clone / "models" / "teacher.pt").read_bytes() == (repo / "models" / "teacher.pt").read_bytes()
+    assert (clone / "data" / "prepared" / "meta.json").is_file()
+    assert "up to date" in run(["dvc", "status"], clone).stdout
+    assert "Running stage" not in run(["dvc", "repro"], clone).stdout
+
+
 def test_repro_noop_determinism_and_experiment(repo_copy):
     repo = repo_copy
     write_params(repo, TINY_PARAMS)
@@ -86,6 +101,7 @@ def test_repro_noop_determinism_and_experiment(repo_copy):
 
     run(["git", "add", "-A"], repo)
     run(["git", "commit", "-qm", "baseline run"], repo)
+    check_remote_round_trip(repo, repo.parent / "dvc-remote", repo.parent / "clone")
     teacher_mtime = (repo / "models" / "teacher.pt").stat().st_mtime_ns
     exp = run(["dvc", "exp", "run", "-S", "distill.alpha=0.2", "-S", "distill.temperature=2"], repo)
     assert "Running stage 'distill'" in exp.stdout

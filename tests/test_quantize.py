@@ -151,6 +151,29 @@ def test_dynamic_logs_that_conv_stays_float(setup, caplog):
     assert "Conv2d layers stay float32" in caplog.text
 
 
+class WeightReader(torch.nn.Module):
+    """Calls `mlp` as a module but passes `attn.weight` to F.linear, as torchvision's Swin does."""
+
+    def __init__(self):
+        super().__init__()
+        self.attn, self.mlp = torch.nn.Linear(8, 8), torch.nn.Linear(8, 4)
+
+    def forward(self, x):
+        return self.mlp(torch.nn.functional.linear(x, self.attn.weight, self.attn.bias))
+
+
+def test_dynamic_keeps_weight_read_linears_float_and_runs():
+    model = WeightReader().eval()
+    x = torch.randn(3, 8)
+    assert q.linear_layers_called(model, x) == (["mlp"], ["attn"])
+    with pytest.raises(TypeError, match="must be Tensor, not method"):
+        q.quantize_dynamic_linear(model)(x)  # every Linear swapped: the model's own forward breaks
+    quantized = q.quantize_dynamic_linear(model, x)
+    summary = q.layer_summary(quantized)
+    assert summary["quantized_layers"] == {"Linear": 1} and summary["float_layers"] == {"Linear": 1}
+    assert torch.allclose(quantized(x), model(x), atol=0.05)
+
+
 def test_fp16_takes_float32_input(setup, variants):
     assert q.fp16_cpu_compute() in (q.FP16_NATIVE, q.FP16_UPCAST)
     logits = variants["fp16"][0](setup["batch"])

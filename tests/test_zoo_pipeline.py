@@ -50,6 +50,7 @@ def test_zoo_pipeline_smoke_run_random_weights(repo_copy: Path, tmp_path: Path) 
     quant = json.loads((zoo_dir / "metrics" / "zoo_quantize.json").read_text())
     assert quant["calibration"]["images"] == 2 and quant["images"]["count"] == 3
     small = quant["models"]["mobilenet_v3_small"]
+    assert set(small["fp32"]["latency_ms"]) == {"1", "2"}  # FP32 re-timed beside its quantized versions
     assert small["dynamic"]["layers"]["quantized_layers"] == {"Linear": 2}
     assert small["dynamic"]["layers"]["float_layers"]["Conv2d"] > 0
     assert quant["models"]["squeezenet1_1"]["dynamic"]["layers"]["quantized"] == 0  # no Linear layer at all

@@ -226,12 +226,40 @@ def quantize_static_fx(model: nn.Module, calib: torch.Tensor, *, backend: str, q
     return quantized
 
 
-def quantize_dynamic_linear(model: nn.Module) -> nn.Module:
-    """Dynamic INT8 quantization of `nn.Linear` layers (weights int8, activations quantized per batch)."""
+def linear_layers_called(model: nn.Module, example_inputs: torch.Tensor) -> tuple[list[str], list[str]]:
+    """Names of the `nn.Linear` modules that `model`'s forward calls as modules, and of those it only
+    reads the weights of (e.g. torchvision's Swin passes `attn.qkv.weight` to F.linear, and
+    nn.MultiheadAttention its `out_proj.weight`): a forward hook fires only for the former."""
+    called: set[str] = set()
+    hooks = [module.register_forward_hook(lambda *_, name=name: called.add(name))
+             for name, module in model.named_modules() if type(module) is nn.Linear]
+    try:
+        with torch.inference_mode():
+            model.eval()(example_inputs)
+    finally:
+        for hook in hooks:
+            hook.remove()
+    linears = [name for name, module in model.named_modules() if type(module) is nn.Linear]
+    return [n for n in linears if n in called], [n for n in linears if n not in called]
+
+
+def quantize_dynamic_linear(model: nn.Module, example_inputs: torch.Tensor | None = None) -> nn.Module:
+    """Dynamic INT8 quantization of `nn.Linear` layers (weights int8, activations quantized per batch).
+
+    With `example_inputs`, only the Linear layers the forward calls as modules are swapped: a layer whose
+    weight the model reads directly would hand a method instead of a tensor to F.linear (Swin fails so)
+    and stays float32; the count of such layers is logged."""
     with quant_engine("x86"), _quiet():
         from torch.ao.quantization import quantize_dynamic
 
-        quantized = quantize_dynamic(copy.deepcopy(model).eval(), {nn.Linear}, dtype=torch.qint8)
+        spec: Any = {nn.Linear}
+        if example_inputs is not None:
+            called, functional = linear_layers_called(model, example_inputs)
+            spec = {name: torch.ao.quantization.default_dynamic_qconfig for name in called}
+            if functional:
+                log.info("dynamic quantization: %d Linear layers are used through their weights (e.g. %s) and "
+                         "stay float32", len(functional), functional[0])
+        quantized = quantize_dynamic(copy.deepcopy(model).eval(), spec, dtype=torch.qint8)
     quantized.quant_engine = "x86"
     convs = sum(isinstance(m, nn.modules.conv._ConvNd) for m in quantized.modules())
     log.info("dynamic quantization: PyTorch quantizes only Linear/RNN layers dynamically; "

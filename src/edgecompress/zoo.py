@@ -192,10 +192,13 @@ def resolve_weights(archs: list[str], weights_dir: str | Path | None, weights: s
 
 
 def load_pretrained(resolved: ResolvedWeights) -> nn.Module:
-    """The torchvision model with the resolved weights (state dict loaded with weights_only=True)."""
+    """The torchvision model with the resolved weights (state dict loaded with weights_only=True); random
+    weights are initialised from a fixed seed, so every stage measures the same random network."""
     from torchvision.models import get_model
 
-    model = get_model(resolved.arch, weights=None)
+    with torch.random.fork_rng():
+        torch.manual_seed(0)  # random weights: the same network in every stage and run
+        model = get_model(resolved.arch, weights=None)
     if resolved.path is not None:
         try:
             state = torch.load(resolved.path, map_location="cpu", weights_only=True)
@@ -399,6 +402,16 @@ DYNAMIC_NOTE = ("PyTorch dynamic quantization converts only nn.Linear (and RNN) 
                 "transformers (ViT/Swin: Linear-heavy) do")
 
 
+def fp32_latency(model: nn.Module, images: torch.Tensor, how: Measurement) -> dict[str, Any]:
+    """The FP32 model's latency sweep, measured in the quantization stage itself right before its
+    quantized versions: on a shared machine, timings taken minutes apart in another stage differ by
+    more than dynamic quantization changes a CNN."""
+    from edgecompress.bench import latency_sweep
+
+    return latency_sweep(inference_predict(model), images, batch_sizes=how.batch_sizes, warmup=how.warmup,
+                         repeats=how.repeats, min_time_s=how.min_time_s)
+
+
 def _failure(exc: Exception, what: str) -> dict[str, str]:
     first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:240]
     log.warning("%s: skipped (%s: %s)", what, type(exc).__name__, first)
@@ -408,11 +421,12 @@ def _failure(exc: Exception, what: str) -> dict[str, str]:
 def dynamic_analysis(model: nn.Module, images: torch.Tensor, targets: tuple[int, ...],
                      how: Measurement) -> dict[str, Any]:
     """Dynamic INT8 (Linear layers) of `model`: layers quantized vs float, size, accuracy, latency per
-    batch size. A model whose forward uses a Linear's weight directly (torchvision's Swin passes
-    `qkv.weight` to F.linear) cannot run with the quantized Linear: recorded as {"skipped": reason}."""
+    batch size. Linear layers the forward uses only through their weights (Swin's attention `qkv` and
+    `proj`, nn.MultiheadAttention's `out_proj`) stay float and are counted as float; if the quantized
+    model still fails to run, the result is {"skipped": reason}."""
     from edgecompress.quantize import layer_summary, quant_engine, quantize_dynamic_linear
 
-    quantized = quantize_dynamic_linear(model)
+    quantized = quantize_dynamic_linear(model, images[:1])
     try:
         with quant_engine(quantized.quant_engine):
             result = measure(inference_predict(quantized), images, targets, how)
@@ -430,8 +444,13 @@ def static_analysis(model: nn.Module, images: torch.Tensor, targets: tuple[int, 
     as {"skipped": reason} and the others go on."""
     from edgecompress.quantize import BackendUnsupported, layer_summary, quant_engine, quantize_static_fx
 
+    from edgecompress.quantize import linear_layers_called
+
     results: dict[str, dict[str, Any]] = {}
     reference = predict_all(inference_predict(model), images, how.eval_batch_size)
+    # Linear layers the forward only reads the weights of (Swin's attention) are inside a traced leaf
+    # function and stay float; the converted graph has no module left to count for them.
+    weight_read = len(linear_layers_called(model, images[:1])[1])
     for name in configs:
         backend, qconfig = ("x86", "custom") if name == "custom" else (name, "default")
         try:
@@ -450,7 +469,11 @@ def static_analysis(model: nn.Module, images: torch.Tensor, targets: tuple[int, 
         except Exception as exc:  # noqa: BLE001 - e.g. an op without a quantized kernel on this engine
             results[name] = _failure(exc, f"running the {name} INT8 model")
             continue
-        results[name] = {"engine": backend, "qconfig": qconfig, "layers": layer_summary(quantized),
+        layers = layer_summary(quantized)
+        if weight_read:
+            layers["float"] += weight_read
+            layers["float_layers"]["Linear (weights read directly)"] = weight_read
+        results[name] = {"engine": backend, "qconfig": qconfig, "layers": layers,
                          "size_mb": state_dict_mb(quantized), "calibration_images": len(calibration), **result}
     return results
 
