@@ -2,6 +2,7 @@
 CIFAR-100 (or any data set in the `finetune.data` block): fresh head, `finetune.train_stages` trained,
 the rest frozen (BatchNorm statistics included); keep the best-validation checkpoint."""
 
+from edgecompress import EdgecompressError
 from edgecompress.data import prepare_dataset
 from edgecompress.finetune import pretrained_classifier, resolve_finetune_weights, unfreeze_batchnorm
 from edgecompress.params import ZooPipelineParams, load_params
@@ -15,6 +16,9 @@ def main() -> None:
     args = stage_args(__doc__, {**TRAIN_STAGE_PATHS, "data": "directory for the prepared split cache (written)"})
     ft = load_params(args.params, ZooPipelineParams).finetune
     log.info("params from %s validated", args.params)
+    if ft.train.nproc > 1:
+        raise EdgecompressError(f"finetune.train.nproc={ft.train.nproc} is invalid: this stage trains in one process "
+                                "(its data preparation is not shared between ranks yet); use 1")
     resolved = resolve_finetune_weights(ft.arch, ft.weights, ft.weights_dir)  # before any data work
     data = ft.data
     meta = prepare_dataset(name=data.name, root=data.root, image_size=data.image_size,

@@ -9,8 +9,8 @@ from edgecompress.data import load_meta, make_loader
 from edgecompress.distill import DistillationLoss, hard_label_loss
 from edgecompress.models import load_checkpoint
 from edgecompress.goals import target
-from edgecompress.pipeline import (EVAL_BATCH_SIZE, TRAIN_STAGE_PATHS, load_teacher, log, read_params, run_stage,
-                                   stage_args, train_classifier)
+from edgecompress.pipeline import (EVAL_BATCH_SIZE, TRAIN_STAGE_PATHS, load_teacher, log, read_training_params,
+                                   run_stage, stage_args, train_classifier)
 from edgecompress.prune import prune_model
 from edgecompress.train import evaluate, seed_everything
 
@@ -20,7 +20,7 @@ TAYLOR_BATCHES = 4  # gradient batches for Taylor importance: enough for a stabl
 def main() -> None:
     args = stage_args(__doc__, {**TRAIN_STAGE_PATHS, "student": "distilled student checkpoint",
                                 "teacher": "teacher checkpoint (KD fine-tuning)"})
-    params = read_params(args.params)
+    params = read_training_params(args.params)  # train.nproc > 1: under torchrun
     cfg = params.prune
     seed_everything(cfg.seed)
     meta = load_meta(args.data)

@@ -1,12 +1,13 @@
 """Stage `student_baseline`: the student trained on hard labels only, with the same recipe and epochs
 as `distill`. It is the control that shows what knowledge distillation buys."""
 
-from edgecompress.pipeline import TRAIN_STAGE_PATHS, new_model, read_params, run_stage, stage_args, train_classifier
+from edgecompress.pipeline import (TRAIN_STAGE_PATHS, new_model, read_training_params, run_stage, stage_args,
+                                   train_classifier)
 
 
 def main() -> None:
     args = stage_args(__doc__, TRAIN_STAGE_PATHS)
-    params = read_params(args.params)
+    params = read_training_params(args.params)  # train.nproc > 1: under torchrun
     model, arch = new_model(params.model.student, params.model.small_input, args.data,
                             seed=params.student.seed)
     train_classifier(stage="student_baseline", prepared_dir=args.data, model=model, arch=arch,

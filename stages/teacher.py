@@ -1,11 +1,12 @@
 """Stage `teacher`: train the teacher on hard labels; keep the best-validation checkpoint."""
 
-from edgecompress.pipeline import TRAIN_STAGE_PATHS, new_model, read_params, run_stage, stage_args, train_classifier
+from edgecompress.pipeline import (TRAIN_STAGE_PATHS, new_model, read_training_params, run_stage, stage_args,
+                                   train_classifier)
 
 
 def main() -> None:
     args = stage_args(__doc__, TRAIN_STAGE_PATHS)
-    params = read_params(args.params)
+    params = read_training_params(args.params)  # train.nproc > 1: under torchrun
     model, arch = new_model(params.model.teacher, params.model.small_input, args.data,
                             seed=params.teacher.seed)
     train_classifier(stage="teacher", prepared_dir=args.data, model=model, arch=arch, epochs=params.teacher.epochs,

@@ -53,6 +53,8 @@ BAD_VALUES = [
     ("prune.importance", "foo", "l1, l2, random, taylor"),
     ("prune.iterative_steps", 0, ">= 1"),
     ("prune.finetune_epochs", -1, ">= 0"),
+    ("train.nproc", 0, "must be an integer >= 1"),
+    ("train.augment.random_erasing", 1.5, "probability in [0, 1]"),
 ]
 
 
@@ -64,6 +66,14 @@ def test_bad_value_is_one_line_naming_key_value_and_rule(key, value, allowed):
     assert "\n" not in message
     assert message.startswith(f"{key}={value!r} is invalid"), message
     assert allowed in message
+
+
+def test_distributed_settings_are_checked_together():
+    with pytest.raises(EdgecompressError, match=r"^train.batch_size=64 is invalid: must be divisible by train.nproc=5"):
+        parse_params(with_value("train.nproc", 5))
+    with pytest.raises(EdgecompressError, match=r"^train.rdzv_endpoint=None is invalid: must be host:port of node 0"):
+        parse_params(with_value("train.nnodes", 2))
+    assert parse_params(with_value("train.nproc", 2)).train.nproc == 2
 
 
 def test_unknown_key_is_named():

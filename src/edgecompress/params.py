@@ -117,6 +117,11 @@ class TrainParams:
     amp: bool = True  # mixed precision; only ever enabled on CUDA
     num_workers: int = 0  # DataLoader workers; 0 keeps CPU runs deterministic and light
     augment: AugmentParams = field(default_factory=AugmentParams)
+    nproc: int = 1  # processes per node; > 1 runs the stage under torchrun with DistributedDataParallel
+    nnodes: int = 1  # machines (torchrun --nnodes); > 1 needs rdzv_endpoint
+    node_rank: int = 0  # this machine's index (torchrun --node_rank)
+    rdzv_endpoint: str | None = None  # host:port of node 0 (torchrun --rdzv_endpoint)
+    sync_batchnorm: bool = True  # BatchNorm over the global batch (SyncBatchNorm; CUDA only)
 
     def __post_init__(self) -> None:
         check(self.device in DEVICES, "device", self.device, f"allowed: {', '.join(DEVICES)}")
@@ -128,6 +133,13 @@ class TrainParams:
         check(self.step_size >= 1, "step_size", self.step_size, "must be an integer >= 1")
         check(0 < self.gamma <= 1, "gamma", self.gamma, "must be a number in (0, 1]")
         check(self.num_workers >= 0, "num_workers", self.num_workers, "must be an integer >= 0")
+        check(self.nproc >= 1, "nproc", self.nproc, "must be an integer >= 1")
+        check(self.nproc == 1 or self.batch_size % self.nproc == 0, "batch_size", self.batch_size,
+              f"must be divisible by train.nproc={self.nproc} (the global batch is split across processes)")
+        check(self.nnodes >= 1, "nnodes", self.nnodes, "must be an integer >= 1")
+        check(0 <= self.node_rank < self.nnodes, "node_rank", self.node_rank, "must be in [0, nnodes)")
+        check(self.nnodes == 1 or bool(self.rdzv_endpoint), "rdzv_endpoint", self.rdzv_endpoint,
+              "must be host:port of node 0 when nnodes > 1")
 
 
 @dataclass(frozen=True)

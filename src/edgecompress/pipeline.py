@@ -4,6 +4,7 @@ that the teacher, student_baseline and distill stages (and later fine-tuning) ha
 from __future__ import annotations
 
 import argparse
+import contextlib
 import functools
 import logging
 import os
@@ -15,7 +16,7 @@ from typing import Any, Callable
 
 import torch.nn as nn
 
-from edgecompress import EdgecompressError
+from edgecompress import EdgecompressError, distributed
 from edgecompress.data import load_meta, load_split, make_loader
 from edgecompress.distill import hard_label_loss
 from edgecompress.io import write_json
@@ -39,6 +40,7 @@ def run_stage(main: Callable[[], None]) -> None:
     warnings.filterwarnings("ignore", message=".*torch.ao.quantization.*deprecated.*")
     try:
         main()
+        distributed.destroy()
     except EdgecompressError as exc:
         print(f"error: {exc}", file=sys.stderr)
         sys.exit(2)
@@ -61,6 +63,14 @@ def read_params(path: str) -> Params:
     """load_params, logged."""
     params = load_params(path)
     log.info("params from %s validated", path)
+    return params
+
+
+def read_training_params(path: str) -> Params:
+    """read_params for a training stage: with `train.nproc > 1` outside torchrun, the stage re-runs
+    itself under torchrun here (and this process exits with its status)."""
+    params = read_params(path)
+    distributed.relaunch_under_torchrun(params.train)
     return params
 
 
@@ -122,7 +132,10 @@ def train_classifier(*, stage: str, prepared_dir: str | Path, model: nn.Module, 
              arch["width"], device, epochs, meta["name"], meta["splits"]["train"])
     loader = functools.partial(make_loader, prepared_dir, seed=seed)
     test_loader = loader("test", batch_size=EVAL_BATCH_SIZE, train=False)
-    with Live(dir=str(live_dir), save_dvc_exp=False, dvcyaml=None, report=None) as live:
+    main = not distributed.under_torchrun() or os.environ.get("RANK") == "0"  # rank 0 alone writes
+    live_context = Live(dir=str(live_dir), save_dvc_exp=False, dvcyaml=None, report=None) if main else \
+        contextlib.nullcontext(None)
+    with live_context as live:
         history: list[dict[str, float]] = []
         fit_info: dict[str, Any] = {}
         if epochs > 0:
@@ -132,12 +145,16 @@ def train_classifier(*, stage: str, prepared_dir: str | Path, model: nn.Module, 
                 loader("val", batch_size=EVAL_BATCH_SIZE, train=False), loss_fn=loss_fn,
                 num_classes=num_classes, epochs=epochs, lr=lr or recipe.lr, momentum=recipe.momentum,
                 weight_decay=recipe.weight_decay, schedule=recipe.schedule, step_size=recipe.step_size,
-                gamma=recipe.gamma, device=device, amp=recipe.amp, logger=live, desc=stage,
+                gamma=recipe.gamma, device=device, amp=recipe.amp, logger=live, desc=stage, seed=seed,
+                sync_batchnorm=recipe.sync_batchnorm,
             )
             history = result.history
-            fit_info = {"best_epoch": result.best_epoch, "val_accuracy": round(result.best_val_accuracy, 6)}
+            fit_info = {"best_epoch": result.best_epoch, "val_accuracy": round(result.best_val_accuracy, 6),
+                        "processes": distributed.world_size()}
             log.info("%s: best val accuracy %.4f at epoch %d (%.1f s training)", stage,
                      result.best_val_accuracy, result.best_epoch, result.seconds)
+        if not main:
+            return {}  # the other ranks' work ends with training; rank 0 evaluates and writes
         test = evaluate(model, test_loader, num_classes=num_classes, device=device, amp=recipe.amp)
         live.log_sklearn_plot("confusion_matrix", [classes[i] for i in test["targets"]],
                               [classes[i] for i in test["preds"]], name="confusion_matrix.json")

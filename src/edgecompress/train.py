@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from torchmetrics.classification import MulticlassAccuracy, MulticlassConfusionMatrix
 from tqdm.auto import tqdm
 
-from edgecompress import EdgecompressError
+from edgecompress import EdgecompressError, distributed
 
 log = logging.getLogger(__name__)
 
@@ -96,8 +96,9 @@ def evaluate(model: nn.Module, loader: torch.utils.data.DataLoader, *, num_class
     """
     device = torch.device(device)
     model.eval()
-    accuracy = MulticlassAccuracy(num_classes=num_classes, average="micro")
-    confusion = MulticlassConfusionMatrix(num_classes=num_classes)
+    # every process evaluates the whole split (multi-process training included): no cross-rank sync
+    accuracy = MulticlassAccuracy(num_classes=num_classes, average="micro", sync_on_compute=False)
+    confusion = MulticlassConfusionMatrix(num_classes=num_classes, sync_on_compute=False)
     total_loss, count, preds, targets = 0.0, 0, [], []
     for x, y in loader:
         x, y = x.to(device), y.to(device)
@@ -127,7 +128,8 @@ def fit(model: nn.Module, train_loader: torch.utils.data.DataLoader, val_loader:
         *, loss_fn: LossFn, num_classes: int, epochs: int, lr: float, momentum: float = 0.9,
         weight_decay: float = 5e-4, schedule: str = "cosine", step_size: int = 10, gamma: float = 0.1,
         device: torch.device | str = "cpu", amp: bool = False, logger: Logger | None = None,
-        epoch_hook: Callable[[int, nn.Module], None] | None = None, desc: str = "train") -> FitResult:
+        epoch_hook: Callable[[int, nn.Module], None] | None = None, desc: str = "train", seed: int = 0,
+        sync_batchnorm: bool = True) -> FitResult:
     """Train with SGD + momentum and keep the best-validation weights.
 
     Args:
@@ -137,15 +139,24 @@ def fit(model: nn.Module, train_loader: torch.utils.data.DataLoader, val_loader:
         epoch_hook: called as hook(epoch, model) before each epoch (QAT uses it to freeze observers
             and BatchNorm statistics for the last epochs).
         logger: receives train/val loss and accuracy and the LR each epoch (dvclive.Live).
+        seed, sync_batchnorm: under torchrun (`distributed`), the DistributedSampler's shuffling seed
+            and whether BatchNorm statistics span the global batch. Each rank then trains on its share
+            of every global batch through DistributedDataParallel; train metrics are summed over the
+            ranks; every rank validates on the whole validation split (same result everywhere).
     Returns:
         FitResult with the per-epoch history.
     """
     device = torch.device(device)
+    distributed.init_process_group(device)
+    device = distributed.local_device(device)
     use_amp = amp_enabled(device, amp)
     model.to(device)
     if isinstance(loss_fn, nn.Module):
         loss_fn.to(device)
-    params = [p for p in model.parameters() if p.requires_grad]
+    net = distributed.wrap_model(model, device, sync_batchnorm=sync_batchnorm)
+    train_loader, sampler = distributed.shard_loader(train_loader, seed)
+    main = distributed.is_main_process()
+    params = [p for p in net.parameters() if p.requires_grad]
     optimizer = torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay,
                                 nesterov=momentum > 0)
     scheduler = make_scheduler(optimizer, schedule=schedule, epochs=epochs, step_size=step_size, gamma=gamma)
@@ -154,16 +165,20 @@ def fit(model: nn.Module, train_loader: torch.utils.data.DataLoader, val_loader:
     best_state: dict[str, torch.Tensor] | None = None
     result = FitResult(best_epoch=-1, best_val_accuracy=0.0, best_val_loss=math.inf)
     start = time.perf_counter()
-    for epoch in tqdm(range(epochs), desc=desc, unit="epoch", leave=False, disable=None):
+    for epoch in tqdm(range(epochs), desc=desc, unit="epoch", leave=False, disable=None if main else True):
         if epoch_hook is not None:
             epoch_hook(epoch, model)
-        model.train()
+        if sampler is not None:
+            sampler.set_epoch(epoch)  # a different shuffle each epoch, the same on every rank
+        net.train()
         running_loss, correct, seen = 0.0, 0, 0
-        for x, y in tqdm(train_loader, desc=f"epoch {epoch + 1}/{epochs}", unit="batch", leave=False, disable=None):
+        for step, (x, y) in enumerate(tqdm(train_loader, desc=f"epoch {epoch + 1}/{epochs}", unit="batch",
+                                           leave=False, disable=None if main else True)):
+            distributed.maybe_fail(step)
             x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
             optimizer.zero_grad(set_to_none=True)
             with torch.autocast(device.type, dtype=torch.float16, enabled=use_amp):
-                logits = model(x)
+                logits = net(x)
                 loss = loss_fn(logits, y, x)
             if not torch.isfinite(loss):
                 raise EdgecompressError(f"{desc}: loss became {loss.item()} at epoch {epoch + 1}; "
@@ -176,13 +191,17 @@ def fit(model: nn.Module, train_loader: torch.utils.data.DataLoader, val_loader:
             seen += len(y)
         current_lr = optimizer.param_groups[0]["lr"]
         scheduler.step()
+        running_loss, correct, seen = distributed.all_reduce_sum(running_loss, correct, seen, device=device)
         val = evaluate(model, val_loader, num_classes=num_classes, device=device, amp=amp)
         row = {"epoch": epoch + 1, "lr": current_lr, "train_loss": running_loss / max(seen, 1),
                "train_accuracy": correct / max(seen, 1), "val_loss": val["loss"], "val_accuracy": val["accuracy"]}
         result.history.append(row)
-        log.info("%s epoch %d/%d: train loss %.4f acc %.4f | val loss %.4f acc %.4f", desc, epoch + 1, epochs,
-                 row["train_loss"], row["train_accuracy"], row["val_loss"], row["val_accuracy"])
-        if logger is not None:
+        if not main:
+            log.debug("rank %d epoch %d done", distributed.rank(), epoch + 1)
+        else:
+            log.info("%s epoch %d/%d: train loss %.4f acc %.4f | val loss %.4f acc %.4f", desc, epoch + 1, epochs,
+                     row["train_loss"], row["train_accuracy"], row["val_loss"], row["val_accuracy"])
+        if logger is not None and main:
             for name in ("train_loss", "train_accuracy", "val_loss", "val_accuracy", "lr"):
                 logger.log_metric(name.replace("_", "/", 1) if name != "lr" else "lr", row[name])
             logger.next_step()
@@ -191,6 +210,7 @@ def fit(model: nn.Module, train_loader: torch.utils.data.DataLoader, val_loader:
             best = (val["accuracy"], val["loss"])
             best_state = copy.deepcopy(model.state_dict())
             result.best_epoch, result.best_val_accuracy, result.best_val_loss = epoch + 1, val["accuracy"], val["loss"]
+    distributed.revert_sync_batchnorm(model)
     if best_state is not None:
         model.load_state_dict(best_state)
     result.seconds = time.perf_counter() - start
