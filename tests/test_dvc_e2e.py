@@ -4,6 +4,7 @@ re-running only what the changed params touch."""
 import json
 import math
 import subprocess
+import time
 
 import pytest
 
@@ -126,3 +127,23 @@ def test_repro_noop_determinism_and_experiment(repo_copy):
         assert f"Running stage '{untouched}'" not in exp.stdout
     halved = read_metrics(repo, "prune")
     assert halved["ratio"] == 0.5 and halved["params"] < prune["params"]
+
+    # A sweep on DVC's queue: a 2-point grid queued, run by 2 parallel workers, both recorded; the
+    # sweep report reads them back from `dvc exp show --json`.
+    run(["git", "add", "-A"], repo)
+    run(["git", "commit", "-qm", "ratio experiment applied"], repo)
+    run(["dvc", "exp", "run", "--queue", "-S", "bench.repeats=3,4"], repo)
+    run(["dvc", "queue", "start", "-j", "2"], repo)
+    deadline = time.monotonic() + 600
+    while any(state in run(["dvc", "queue", "status"], repo).stdout for state in ("Queued", "Running")):
+        assert time.monotonic() < deadline, "queued experiments did not finish in 10 min"
+        time.sleep(3)
+    assert run(["dvc", "queue", "status"], repo).stdout.count("Success") == 2
+    shown = json.loads(run(["dvc", "exp", "show", "--json"], repo).stdout)
+    queued = [rev["data"]["params"]["params.yaml"]["data"]["bench"]["repeats"]
+              for entry in shown for exp in entry.get("experiments") or [] for rev in exp["revs"]
+              if rev.get("data")]
+    assert {3, 4} <= set(queued)
+    run(["python", "stages/sweep_report.py"], repo)
+    assert (repo / "plots" / "sweep.png").read_bytes()[:4] == b"\x89PNG"
+    assert (repo / "docs" / "sweep.md").read_text().count("| ") >= 4 * 9
