@@ -46,4 +46,13 @@ def test_plot_and_table(tmp_path: Path) -> None:
     sweep.plot_sweep(rows, tmp_path / "sweep.png")
     assert (tmp_path / "sweep.png").read_bytes()[:4] == b"\x89PNG"
     table = sweep.sweep_table(rows)
-    assert "| bold-reef | 0.9 | 4 | 0.5 | 97.00 | 96.00 | ptq_x86 | 96.00 | 0.2 |" in table
+    assert "| bold-reef | 0.9 | 4 | 0.5 | 97.00 | 96.00 | ptq_x86 | 96.00 | 0.200 (8) |" in table
+
+
+def test_latency_falls_back_to_the_largest_batch() -> None:
+    shown = [revision("small", "3333333ccc", 0.5, 2, 0.2, 0.9)]
+    for variant in shown[0]["data"]["metrics"]["metrics/benchmark.json"]["data"]["variants"].values():
+        if "latency_ms" in variant:
+            variant["latency_ms"] = {"1": {"median": 0.5}, "4": {"median": 0.3}}
+    row = sweep.experiment_rows(shown)[0]
+    assert row["latency_batch"] == "4" and row["int8_latency_ms"] == 0.3

@@ -252,8 +252,8 @@ def test_image_cache_decodes_once_per_transform(tmp_path: Path, monkeypatch: pyt
     calls = []
     monkeypatch.setattr(zoo, "load_images", lambda paths, transform: calls.append(paths) or torch.zeros(len(paths)))
     cache = zoo.ImageCache()
-    same = [zoo.preprocessing(zoo.resolve_weights([a], None, "random")[a]) for a in ("resnet18", "mobilenet_v2")]
+    same = [zoo.preprocessing(zoo.resolve_weights([a], None, "random")[a]) for a in ("resnet18", "resnet34")]
     other = zoo.preprocessing(zoo.resolve_weights(["efficientnet_b0"], None, "random")["efficientnet_b0"])
     for transform in (*same, other):
         cache.get(subset.paths, transform)
-    assert len(calls) == 2  # resnet18 and mobilenet_v2 share resize 256 / crop 224 / bilinear
+    assert len(calls) == 2  # resnet18 and resnet34 share resize 256 / crop 224 / bilinear
