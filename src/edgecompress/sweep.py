@@ -63,13 +63,13 @@ def experiment_rows(shown: list[dict[str, Any]]) -> list[dict[str, Any]]:
         variants = _metric(data, "metrics/benchmark.json").get("variants", {})
         int8 = {name: v for name, v in variants.items() if is_int8_variant(name) and "latency_ms" in v}
         best = max(int8, key=lambda n: (int8[n]["accuracy"], -_latency(int8[n])[1]), default=None)
+        batch, latency = _latency(int8[best]) if best else (None, None)
         rows.append({
             "name": rev.get("name") or (rev["rev"] if rev.get("rev") == "workspace" else str(rev.get("rev", ""))[:7]),
             **{f"{block}.{key}": params.get(block, {}).get(key) for block, key in KNOBS},
             "distill_accuracy": distill.get("accuracy"), "prune_accuracy": prune.get("accuracy"),
             "best_int8": best, "int8_accuracy": int8[best]["accuracy"] if best else None,
-            "int8_latency_ms": _latency(int8[best])[1] if best else None,
-            "latency_batch": _latency(int8[best])[0] if best else None,
+            "int8_latency_ms": latency, "latency_batch": batch,
         })
     return rows
 

@@ -204,8 +204,8 @@ def load_pretrained(resolved: ResolvedWeights) -> nn.Module:
             state = torch.load(resolved.path, map_location="cpu", weights_only=True)
             model.load_state_dict(state)
         except Exception as exc:  # noqa: BLE001 - corrupt file, wrong format or mismatched keys
-            first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
-            raise EdgecompressError(f"{resolved.path}: not loadable as {resolved.arch} weights ({first})") from None
+            raise EdgecompressError(f"{resolved.path}: not loadable as {resolved.arch} weights "
+                                    f"({_first_line(exc, 200)})") from None
     return model.eval()
 
 
@@ -249,20 +249,18 @@ class ImageCache:
 
 def topk_accuracy(predict: Any, images: torch.Tensor, targets: tuple[int, ...] | torch.Tensor, *,
                   batch_size: int = 25, ks: tuple[int, ...] = (1, 5)) -> dict[str, float]:
-    """Top-k accuracy (fractions) of `predict` (images -> logits) on preprocessed images, counted by
-    torchmetrics as in `train.evaluate`."""
+    """Top-k accuracy (fractions) of `predict` (images -> logits) on preprocessed images."""
+    return topk_from_logits(predict_all(predict, images, batch_size), targets, ks)
+
+
+def topk_from_logits(logits: torch.Tensor, targets: tuple[int, ...] | torch.Tensor,
+                     ks: tuple[int, ...] = (1, 5)) -> dict[str, float]:
+    """Top-k accuracy (fractions) of logits, counted by torchmetrics as in `train.evaluate`."""
     from torchmetrics.classification import MulticlassAccuracy
 
     targets = torch.as_tensor(targets)
-    metrics: dict[int, MulticlassAccuracy] = {}
-    with torch.inference_mode():
-        for start in range(0, len(images), batch_size):
-            logits = predict(images[start:start + batch_size]).float()
-            for k in ks:
-                if k not in metrics:
-                    metrics[k] = MulticlassAccuracy(num_classes=logits.shape[1], top_k=k, average="micro")
-                metrics[k].update(logits, targets[start:start + batch_size])
-    return {f"top{k}": round(float(metrics[k].compute()), 6) for k in ks}  # float32 fraction: 0.82, not 0.8199999
+    return {f"top{k}": round(float(MulticlassAccuracy(num_classes=logits.shape[1], top_k=k, average="micro")(
+        logits, targets)), 6) for k in ks}  # float32 fraction: 0.82, not 0.8199999
 
 
 def predict_all(predict: Any, images: torch.Tensor, batch_size: int) -> torch.Tensor:
@@ -326,17 +324,26 @@ class Measurement:
     eval_batch_size: int = 25
 
 
-def measure(predict: Any, images: torch.Tensor, targets: tuple[int, ...], how: Measurement,
-            batch_sizes: tuple[int, ...] | None = None) -> dict[str, Any]:
-    """Top-1/top-5 with the exact interval of top-1, and latency per batch size (median/IQR per image
-    and per call, throughput) with the chain's timer, on the same real images."""
+def _latency_sweep(predict: Any, images: torch.Tensor, how: Measurement,
+                   batch_sizes: tuple[int, ...] | None = None) -> dict[str, Any]:
     from edgecompress.bench import latency_sweep
 
-    accuracy = topk_accuracy(predict, images, targets, batch_size=how.eval_batch_size)
+    return latency_sweep(predict, images, batch_sizes=batch_sizes or how.batch_sizes, warmup=how.warmup,
+                         repeats=how.repeats, min_time_s=how.min_time_s)
+
+
+def measure(predict: Any, images: torch.Tensor, targets: tuple[int, ...], how: Measurement,
+            batch_sizes: tuple[int, ...] | None = None, reference: torch.Tensor | None = None) -> dict[str, Any]:
+    """Top-1/top-5 with the exact interval of top-1, and latency per batch size (median/IQR per image
+    and per call, throughput) with the chain's timer, on the same real images. With `reference` (the
+    FP32 model's logits) also the `fidelity` of these logits to it, from the same forward pass."""
+    logits = predict_all(predict, images, how.eval_batch_size)
+    accuracy = topk_from_logits(logits, targets)
     correct = round(accuracy["top1"] * len(targets))
-    sweep = latency_sweep(predict, images, batch_sizes=batch_sizes or how.batch_sizes, warmup=how.warmup,
-                          repeats=how.repeats, min_time_s=how.min_time_s)
-    return {**accuracy, "top1_interval95": accuracy_interval(correct, len(targets)), **sweep}
+    result = {**accuracy, "top1_interval95": accuracy_interval(correct, len(targets))}
+    if reference is not None:
+        result.update(fidelity(reference, logits))
+    return {**result, **_latency_sweep(predict, images, how, batch_sizes)}
 
 
 def benchmark_model(resolved: ResolvedWeights, images: torch.Tensor, targets: tuple[int, ...],
@@ -406,14 +413,16 @@ def fp32_latency(model: nn.Module, images: torch.Tensor, how: Measurement) -> di
     """The FP32 model's latency sweep, measured in the quantization stage itself right before its
     quantized versions: on a shared machine, timings taken minutes apart in another stage differ by
     more than dynamic quantization changes a CNN."""
-    from edgecompress.bench import latency_sweep
+    return _latency_sweep(inference_predict(model), images, how)
 
-    return latency_sweep(inference_predict(model), images, batch_sizes=how.batch_sizes, warmup=how.warmup,
-                         repeats=how.repeats, min_time_s=how.min_time_s)
+
+def _first_line(exc: Exception, limit: int) -> str:
+    """An exception's first message line (its type name when the message is empty), cut to `limit`."""
+    return (str(exc).strip().splitlines() or [type(exc).__name__])[0][:limit]
 
 
 def _failure(exc: Exception, what: str) -> dict[str, str]:
-    first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:240]
+    first = _first_line(exc, 240)
     log.warning("%s: skipped (%s: %s)", what, type(exc).__name__, first)
     return {"skipped": f"{what} failed ({type(exc).__name__}: {first})"}
 
@@ -464,8 +473,8 @@ def static_analysis(model: nn.Module, images: torch.Tensor, targets: tuple[int, 
             continue
         try:
             with quant_engine(backend):
-                result = measure(inference_predict(quantized), images, targets, how, batch_sizes=(batch_size,))
-                result.update(fidelity(reference, predict_all(inference_predict(quantized), images, how.eval_batch_size)))
+                result = measure(inference_predict(quantized), images, targets, how, batch_sizes=(batch_size,),
+                                 reference=reference)
         except Exception as exc:  # noqa: BLE001 - e.g. an op without a quantized kernel on this engine
             results[name] = _failure(exc, f"running the {name} INT8 model")
             continue
