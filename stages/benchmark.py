@@ -16,7 +16,8 @@ def main() -> None:
                                 "profile_dir": "directory for profiler tables and traces"})
     config = read_params(args.params).bench
     specs, skipped = bench.chain_variants(models_dir=args.models, quantized_dir=Path(args.models) / "quantized",
-                                          quantize_metrics=read_json(args.quantize_metrics), compile=config.compile)
+                                          quantize_metrics=read_json(args.quantize_metrics), compile=config.compile,
+                                          device=config.device)
     profile_dir = Path(args.profile_dir)
     profile_dir.mkdir(parents=True, exist_ok=True)
     if not config.profile:

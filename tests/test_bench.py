@@ -15,7 +15,7 @@ from edgecompress import EdgecompressError
 from edgecompress.params import parse_params
 from edgecompress.bench import (BenchConfig, BlockTimer, CompileUnavailable, VariantSpec, achieved_fraction,
                                 benchmark_variant, benchmark_variant_isolated, environment_fingerprint, gemm_roofline, latency_sweep,
-                                peak_rss_mb, profile_ops, time_callable)
+                                peak_rss_mb, profile_ops, time_callable, chain_variants, run_benchmark)
 
 torch.set_num_threads(1)
 TINY = BenchConfig(batch_sizes=(1, 3), warmup=1, repeats=3, min_time_s=0.0, threads=1, compile=False)
@@ -137,7 +137,8 @@ def test_environment_fingerprint_keys() -> None:
 @pytest.mark.parametrize("changes, key", [({"batch_sizes": []}, "batch_sizes"), ({"batch_sizes": [0]}, "batch_sizes"),
                                           ({"repeats": 1}, "repeats"), ({"threads": 0}, "threads"),
                                           ({"warmup": -1}, "warmup"), ({"profile": "yes"}, "profile"),
-                                          ({"min_time_s": -1}, "min_time_s"), ({"min_time_s": True}, "min_time_s")])
+                                          ({"min_time_s": -1}, "min_time_s"), ({"min_time_s": True}, "min_time_s"),
+                                          ({"device": "tpu"}, "device"), ({"device": "auto"}, "device")])
 def test_bench_config_validation(changes: dict, key: str) -> None:
     with pytest.raises(EdgecompressError) as info:
         parse_params({"bench": changes})
@@ -150,8 +151,9 @@ def test_bench_config_roundtrip() -> None:
     config = parse_params({"bench": {"batch_sizes": [1, 2], "isolate": False}}).bench
     assert config.batch_sizes == (1, 2) and config.to_dict()["batch_sizes"] == [1, 2]
     assert parse_params({"bench": config.to_dict()}).bench == config
-    with pytest.raises(EdgecompressError, match="bench.device is not a known parameter"):
-        parse_params({"bench": {"device": "cpu"}})
+    assert parse_params({"bench": {"device": "cuda"}}).bench.device == "cuda"  # checked where it runs
+    with pytest.raises(EdgecompressError, match="bench.gpu is not a known parameter"):
+        parse_params({"bench": {"gpu": "cpu"}})
 
 
 @pytest.fixture(scope="module")
@@ -232,3 +234,56 @@ def test_isolated_failure_reports_child_error(tiny_variant: tuple[Path, Path, nn
         benchmark_variant_isolated(spec, prepared_dir=prepared, config=TINY, timeout_s=120)
     with pytest.raises(EdgecompressError, match="kind='bad' is invalid"):
         VariantSpec("x", "x", "bad", "x")
+
+
+def test_chain_variants_on_cuda_lists_cpu_only_artifacts_as_skipped(tmp_path: Path) -> None:
+    quantize_metrics = {"variants": {"fp32": {"artifact": "fp32.ts"}, "ptq_x86": {"artifact": "ptq_x86.ts"},
+                                     "onnx_int8": {"artifact": "int8.onnx"},
+                                     "ptq_qnnpack": {"skipped": "engine missing"}}}
+    cpu_specs, cpu_skipped = chain_variants(models_dir=tmp_path, quantized_dir=tmp_path, compile=False,
+                                            quantize_metrics=quantize_metrics)
+    assert [s.name for s in cpu_specs][-2:] == ["ptq_x86", "onnx_int8"] and set(cpu_skipped) == {"ptq_qnnpack"}
+    specs, skipped = chain_variants(models_dir=tmp_path, quantized_dir=tmp_path, compile=True,
+                                    quantize_metrics=quantize_metrics, device="cuda")
+    names = [s.name for s in specs]
+    assert names[-2:] == ["pruned_compiled", "pruned_fp16"] and "ptq_x86" not in names
+    half = specs[-1]
+    assert half.kind == "half" and half.path == str(tmp_path / "pruned.pt")
+    assert set(skipped) == {"ptq_x86", "onnx_int8", "ptq_qnnpack"}
+    assert "CPU-only artifact (onnx)" in skipped["onnx_int8"]["skipped"]
+    assert skipped["ptq_qnnpack"]["skipped"] == "engine missing"
+
+
+def test_benchmark_variant_half_kind(tiny_variant: tuple[Path, Path, nn.Module]) -> None:
+    """`half`: the checkpoint in float16 (CPU here, CUDA on a GPU machine), float32 logits out."""
+    prepared, ckpt, _ = tiny_variant
+    try:
+        half = benchmark_variant(VariantSpec("tiny_fp16", str(ckpt), "half", "test"), prepared_dir=prepared,
+                                 config=TINY)
+    except RuntimeError as exc:  # a CPU build without half-precision convolutions
+        pytest.skip(f"fp16 convolution unavailable on this CPU: {exc}")
+    assert half["format"] == "pytorch eager fp16 (cpu)" and half["macs"] > 0
+    assert 0 <= half["accuracy"] <= 1 and all(t["median"] > 0 for t in half["latency_ms"].values())
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the no-GPU behaviour")
+def test_cuda_benchmark_without_gpu_is_a_clear_error(tiny_variant: tuple[Path, Path, nn.Module]) -> None:
+    prepared, ckpt, _ = tiny_variant
+    config = BenchConfig(**{**TINY.to_dict(), "device": "cuda"})
+    with pytest.raises(EdgecompressError, match="bench.device='cuda' but no CUDA device"):
+        run_benchmark([VariantSpec("tiny", str(ckpt), "checkpoint", "test")], {}, prepared_dir=prepared, config=config)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")
+def test_benchmark_variant_on_cuda(tiny_variant: tuple[Path, Path, nn.Module]) -> None:
+    """FP32 on the GPU predicts what the CPU predicts; FP16 agrees closely; both record peak GPU memory."""
+    prepared, ckpt, _ = tiny_variant
+    config = BenchConfig(**{**TINY.to_dict(), "device": "cuda"})
+    cpu = benchmark_variant(VariantSpec("tiny", str(ckpt), "checkpoint", "test"), prepared_dir=prepared, config=TINY)
+    gpu = benchmark_variant(VariantSpec("tiny", str(ckpt), "checkpoint", "test"), prepared_dir=prepared, config=config)
+    half = benchmark_variant(VariantSpec("tiny_fp16", str(ckpt), "half", "test"), prepared_dir=prepared, config=config)
+    assert gpu["format"] == "pytorch eager fp32 (cuda)" and half["format"] == "pytorch eager fp16 (cuda)"
+    assert abs(gpu["accuracy"] - cpu["accuracy"]) <= 1 / 30 and abs(half["accuracy"] - gpu["accuracy"]) <= 2 / 30
+    assert gpu["peak_gpu_mb"] > 0 and half["peak_gpu_mb"] > 0 and gpu["device"]
+    roof = gemm_roofline(threads=1, device="cuda", repeats=3)
+    assert roof["fp16_gmacs"] > roof["fp32_gmacs"] > 0 and roof["size"] == 4096

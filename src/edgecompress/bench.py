@@ -40,7 +40,11 @@ from edgecompress.io import atomic_path, publish, write_text
 
 log = logging.getLogger(__name__)
 
-KINDS = ("checkpoint", "torchscript", "onnx", "compiled")
+KINDS = ("checkpoint", "torchscript", "onnx", "compiled", "half")
+DEVICES = ("cpu", "cuda")
+# torch.ao INT8 kernels (fbgemm/x86/qnnpack) and the ONNX Runtime CPU provider run on the CPU only
+CPU_ONLY_REASON = ("CPU-only artifact ({what}); set bench.device: cpu to measure it, "
+                   "on CUDA the FP16 counterpart is pruned_fp16")
 
 
 class CompileUnavailable(EdgecompressError):
@@ -61,6 +65,7 @@ class BenchConfig:
     profile: bool = False
     compile: bool = True
     isolate: bool = True
+    device: str = "cpu"  # where variants run and are timed: cpu (the edge CPU) | cuda (an edge/server GPU)
 
     def __post_init__(self) -> None:
         def bad(key: str, allowed: str) -> EdgecompressError:
@@ -87,6 +92,8 @@ class BenchConfig:
         for key in ("profile", "compile", "isolate"):
             if not isinstance(getattr(self, key), bool):
                 raise bad(key, "true or false")
+        if self.device not in DEVICES:
+            raise bad("device", " or ".join(DEVICES))
 
     def to_dict(self) -> dict[str, Any]:
         """Plain dict (lists, not tuples) for JSON/YAML output."""
@@ -299,14 +306,19 @@ def _threads(n: int) -> Iterator[None]:
         torch.set_num_threads(previous)
 
 
-def gemm_roofline(*, threads: int, size: int = 1024, repeats: int = 10) -> dict[str, Any]:
+def gemm_roofline(*, threads: int, size: int = 1024, repeats: int = 10, device: str = "cpu") -> dict[str, Any]:
     """Measured GEMM throughput (GMAC/s = size^3 / median time): the practical compute ceiling.
+
+    On CUDA (`device="cuda"`, size 4096) FP32 (TF32 off, as the eager models run by default) and FP16
+    `torch.mm` are timed with CUDA events, and INT8 with `torch._int_mm`.
 
     FP32: `torch.mm`. INT8: both `torch._int_mm` (int8 x int8 -> int32) and `quantized::linear` with
     a packed qint8 weight on the x86 engine (the kernel the FX INT8 models run) are tried; the faster
     one is reported as `int8_gmacs`/`int8_method`, each one's figure in `int8_methods`; None when
     neither works in this build.
     """
+    if _check_device(device).type == "cuda":
+        return _cuda_gemm_roofline(torch.device(device), size=max(size, 4096), repeats=repeats)
     gen = torch.Generator().manual_seed(0)
     a, b = torch.randn(size, size, generator=gen), torch.randn(size, size, generator=gen)
     macs = float(size) ** 3
@@ -339,6 +351,36 @@ def gemm_roofline(*, threads: int, size: int = 1024, repeats: int = 10) -> dict[
     return {"fp32_gmacs": round(fp32, 3), "int8_gmacs": round(methods[best], 3) if best else None,
             "int8_method": best, "int8_methods": {k: round(v, 3) for k, v in methods.items()},
             "size": size, "threads": threads}
+
+
+def _cuda_gemm_roofline(device: torch.device, *, size: int, repeats: int) -> dict[str, Any]:
+    gen = torch.Generator(device=device).manual_seed(0)
+    a = torch.randn(size, size, generator=gen, device=device)
+    b = torch.randn(size, size, generator=gen, device=device)
+    macs = float(size) ** 3
+
+    def gmacs(fn: Callable[[], Any]) -> float:
+        return macs / (time_callable(fn, warmup=3, repeats=repeats, device=str(device))["median_ms"] / 1e3) / 1e9
+
+    tf32 = torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = False
+    try:
+        with torch.inference_mode():
+            fp32 = gmacs(lambda: torch.mm(a, b))
+            ah, bh = a.half(), b.half()
+            fp16 = gmacs(lambda: torch.mm(ah, bh))
+            methods: dict[str, float] = {}
+            with contextlib.suppress(Exception):  # shape/arch restrictions of the int8 GEMM
+                ai = torch.randint(-128, 128, (size, size), dtype=torch.int8, device=device, generator=gen)
+                bi = torch.randint(-128, 128, (size, size), dtype=torch.int8, device=device, generator=gen)
+                methods["torch._int_mm (cuda)"] = gmacs(lambda: torch._int_mm(ai, bi))
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = tf32
+    best = next(iter(methods), None)
+    return {"fp32_gmacs": round(fp32, 3), "fp16_gmacs": round(fp16, 3),
+            "int8_gmacs": round(methods[best], 3) if best else None, "int8_method": best,
+            "int8_methods": {k: round(v, 3) for k, v in methods.items()}, "size": size, "threads": None,
+            "device": torch.cuda.get_device_name(device)}
 
 
 def achieved_fraction(macs: int, latency_ms_per_sample: float, roofline_gmacs: float) -> float:
@@ -463,7 +505,7 @@ class VariantSpec:
 
     name: str   # e.g. "teacher", "pruned", "ptq_x86", "onnx_int8", "pruned_compiled"
     path: str   # artifact on disk
-    kind: str   # "checkpoint" | "torchscript" | "onnx" | "compiled" (checkpoint + torch.compile)
+    kind: str   # "checkpoint" | "torchscript" | "onnx" | "compiled" (checkpoint + torch.compile) | "half" (checkpoint in fp16)
     stage: str  # producing stage, for the report
 
     def __post_init__(self) -> None:
@@ -497,8 +539,14 @@ class _AsModule(nn.Module):
 
 
 def load_predict(spec: VariantSpec, *, threads: int, example: torch.Tensor | None = None,
-                 batch_sizes: Sequence[int] = (1,)) -> tuple[Callable[[torch.Tensor], torch.Tensor], dict[str, Any]]:
+                 batch_sizes: Sequence[int] = (1,), device: str = "cpu",
+                 ) -> tuple[Callable[[torch.Tensor], torch.Tensor], dict[str, Any]]:
     """Load a variant as predict(x) -> logits (no autograd) with `threads` intra-op threads.
+
+    On `device="cuda"` checkpoint, compiled and half kinds are moved to the GPU and take inputs that
+    are already there (the timed region holds the model, not the host-to-device copy); "half" runs the
+    weights and activations in float16 and returns float32 logits. TorchScript INT8 and ONNX artifacts
+    are CPU-only and raise.
 
     Args:
         example: real images; for "compiled", one call per batch size in `batch_sizes` is made here so
@@ -510,8 +558,11 @@ def load_predict(spec: VariantSpec, *, threads: int, example: torch.Tensor | Non
         EdgecompressError: unreadable artifact; CompileUnavailable when torch.compile fails.
     """
     torch.set_num_threads(threads)
+    dev = _check_device(device)
     if not Path(spec.path).is_file():
         raise EdgecompressError(f"{spec.path}: artifact of variant {spec.name} not found (run stage {spec.stage})")
+    if dev.type != "cpu" and spec.kind in ("onnx", "torchscript"):
+        raise EdgecompressError(f"variant {spec.name}: " + CPU_ONLY_REASON.format(what=spec.kind))
     if spec.kind == "onnx":
         return _OrtPredict(spec.path, threads), {"format": "onnx (onnxruntime CPUExecutionProvider)"}
     if spec.kind == "torchscript":
@@ -523,7 +574,16 @@ def load_predict(spec: VariantSpec, *, threads: int, example: torch.Tensor | Non
         from edgecompress.models import load_checkpoint
 
         module, _ = load_checkpoint(spec.path)
-        info = {"format": "pytorch eager fp32"}
+        module = module.to(dev).eval()
+        info = {"format": f"pytorch eager fp32 ({dev.type})"}
+    if spec.kind == "half":
+        module = module.half()
+        info = {"format": f"pytorch eager fp16 ({dev.type})"}
+
+        def predict_half(x: torch.Tensor) -> torch.Tensor:
+            with torch.inference_mode():
+                return module(x.half()).float()
+        return predict_half, info
     if spec.kind != "compiled":
         def predict(x: torch.Tensor) -> torch.Tensor:
             with torch.inference_mode():
@@ -536,12 +596,12 @@ def load_predict(spec: VariantSpec, *, threads: int, example: torch.Tensor | Non
         with torch.no_grad():  # dynamo guards on grad mode; no_grad is its best-supported inference mode
             return compiled(x)
 
-    info = {"format": "torch.compile (inductor) fp32", "compile_s": None}
+    info = {"format": f"torch.compile (inductor) fp32 ({dev.type})", "compile_s": None}
     if example is not None:
         start = time.perf_counter()
         try:
             for b in batch_sizes:
-                predict_compiled(_take_batch(example, int(b)))
+                predict_compiled(_take_batch(example, int(b)).to(dev))
         except Exception as exc:  # noqa: BLE001 - inductor raises many types (missing compiler, ...)
             first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
             raise CompileUnavailable(f"variant {spec.name}: torch.compile failed ({first})") from None
@@ -573,20 +633,22 @@ def benchmark_variant(spec: VariantSpec, *, prepared_dir: str | Path, config: Be
         from edgecompress.pipeline import EVAL_BATCH_SIZE as eval_batch_size  # lazy: pipeline may import bench
 
     torch.set_num_threads(config.threads)
+    device = _check_device(config.device)
     meta = load_meta(prepared_dir)
-    images = _test_images(prepared_dir, meta, max(config.batch_sizes))
-    predict, info = load_predict(spec, threads=config.threads, example=images, batch_sizes=config.batch_sizes)
+    images = _test_images(prepared_dir, meta, max(config.batch_sizes)).to(device)
+    predict, info = load_predict(spec, threads=config.threads, example=images, batch_sizes=config.batch_sizes,
+                                 device=config.device)
     loader = make_loader(prepared_dir, "test", batch_size=eval_batch_size, train=False, seed=0)
-    accuracy = evaluate(_AsModule(predict), loader, num_classes=meta["num_classes"])["accuracy"]
+    accuracy = evaluate(_AsModule(predict), loader, num_classes=meta["num_classes"], device=device)["accuracy"]
     params = macs = None
-    if spec.kind in ("checkpoint", "compiled"):
+    if spec.kind in ("checkpoint", "compiled", "half"):
         from edgecompress.models import count_macs, count_params, load_checkpoint
 
         model, _ = load_checkpoint(spec.path)  # a fresh eager copy: the op counter must not trace the compiled one
         params, macs = count_params(model), count_macs(model, tuple(images.shape[1:]))
         del model
     sweep = latency_sweep(predict, images, batch_sizes=config.batch_sizes, warmup=config.warmup,
-                          repeats=config.repeats, min_time_s=config.min_time_s)
+                          repeats=config.repeats, min_time_s=config.min_time_s, device=config.device)
     result: dict[str, Any] = {
         "name": spec.name, "stage": spec.stage, "kind": spec.kind, "format": info["format"],
         "artifact": str(spec.path), "accuracy": accuracy, "params": params, "macs": macs,
@@ -596,6 +658,9 @@ def benchmark_variant(spec: VariantSpec, *, prepared_dir: str | Path, config: Be
     if config.profile and profile_dir is not None:
         result["profile"] = profile_ops(predict, _take_batch(images, config.batch_sizes[0]), profile_dir, spec.name)
     result["peak_rss_mb"] = round(peak_rss_mb(), 2)  # last: covers load, evaluation, timing and profiling
+    if device.type == "cuda":
+        result["peak_gpu_mb"] = round(torch.cuda.max_memory_allocated(device) / 1e6, 2)
+        result["device"] = torch.cuda.get_device_name(device)
     return result
 
 
@@ -639,8 +704,12 @@ def is_int8_variant(name: str) -> bool:
 
 
 def chain_variants(*, models_dir: str | Path, quantized_dir: str | Path, quantize_metrics: dict[str, Any],
-                   compile: bool) -> tuple[list[VariantSpec], dict[str, dict[str, Any]]]:
+                   compile: bool, device: str = "cpu") -> tuple[list[VariantSpec], dict[str, dict[str, Any]]]:
     """Every variant of the chain as a spec to load from disk, plus the ones skipped upstream.
+
+    On `device="cuda"` the quantize stage's artifacts (INT8 TorchScript for the CPU engines, ONNX for
+    ORT's CPU provider, the CPU-built fp16 wrapper) are listed as skipped with the reason, and
+    `pruned_fp16` (the pruned checkpoint in float16 on the GPU) is measured instead.
 
     Returns:
         (specs in chain order, {name: {"stage", "skipped": reason}} for quantize variants that were
@@ -650,6 +719,9 @@ def chain_variants(*, models_dir: str | Path, quantized_dir: str | Path, quantiz
     specs = [VariantSpec(name, str(models_dir / file), "checkpoint", stage) for name, file, stage in CHAIN_CHECKPOINTS]
     if compile:
         specs.append(VariantSpec("pruned_compiled", str(models_dir / "pruned.pt"), "compiled", "prune"))
+    cuda = torch.device(device).type == "cuda"  # a listing only: availability is checked where it runs
+    if cuda:
+        specs.append(VariantSpec("pruned_fp16", str(models_dir / "pruned.pt"), "half", "prune"))
     skipped: dict[str, dict[str, Any]] = {}
     for name, entry in quantize_metrics["variants"].items():
         if name == "fp32":  # the pruned model itself, already measured as `pruned`
@@ -658,6 +730,9 @@ def chain_variants(*, models_dir: str | Path, quantized_dir: str | Path, quantiz
             skipped[name] = {"stage": "quantize", "skipped": entry["skipped"]}
             continue
         kind = "onnx" if entry["artifact"].endswith(".onnx") else "torchscript"
+        if cuda:
+            skipped[name] = {"stage": "quantize", "skipped": CPU_ONLY_REASON.format(what=kind)}
+            continue
         specs.append(VariantSpec(name, str(quantized_dir / entry["artifact"]), kind, "quantize"))
     return specs, skipped
 
@@ -672,7 +747,9 @@ def run_benchmark(specs: Sequence[VariantSpec], skipped: dict[str, dict[str, Any
     """
     from tqdm.auto import tqdm
 
-    roofline = gemm_roofline(threads=config.threads)
+    if config.device == "cuda" and not torch.cuda.is_available():
+        raise EdgecompressError("bench.device='cuda' but no CUDA device is available here: use bench.device: cpu")
+    roofline = gemm_roofline(threads=config.threads, device=config.device)
     log.info("roofline (%d threads): FP32 GEMM %.1f GMAC/s, INT8 %s GMAC/s (%s)", config.threads,
              roofline["fp32_gmacs"], roofline["int8_gmacs"], roofline["int8_method"])
     variants: dict[str, Any] = {}
@@ -698,13 +775,15 @@ def run_benchmark(specs: Sequence[VariantSpec], skipped: dict[str, dict[str, Any
         if result.get("macs") is None:
             result["params"], result["macs"] = reference.get("params"), reference.get("macs")
         peak = roofline["int8_gmacs"] if is_int8_variant(name) and roofline["int8_gmacs"] else roofline["fp32_gmacs"]
+        if result.get("kind") == "half" and roofline.get("fp16_gmacs"):
+            peak = roofline["fp16_gmacs"]
         if result["macs"]:
             result["achieved_gmacs"] = {b: _sig(result["macs"] / (lat["median"] / 1e3) / 1e9, 4)
                                         for b, lat in result["latency_ms"].items()}
             result["roofline_fraction"] = {b: _sig(achieved_fraction(result["macs"], lat["median"], peak), 4)
                                            for b, lat in result["latency_ms"].items()}
     variants.update(skipped)
-    return {"environment": environment_fingerprint(config.threads), "roofline": roofline,
+    return {"environment": environment_fingerprint(config.threads, config.device), "roofline": roofline,
             "config": config.to_dict(), "variants": variants}
 
 

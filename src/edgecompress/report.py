@@ -31,7 +31,7 @@ from edgecompress.io import read_json, write_text
 from edgecompress.plots import save_figure
 
 METRICS_FILES = ("teacher", "student_baseline", "distill", "prune", "quantize", "benchmark")
-VARIANT_ORDER = ("teacher", "student_baseline", "student", "pruned", "pruned_compiled", "ptq_x86", "ptq_fbgemm",
+VARIANT_ORDER = ("teacher", "student_baseline", "student", "pruned", "pruned_compiled", "pruned_fp16", "ptq_x86", "ptq_fbgemm",
                  "ptq_qnnpack", "ptq_custom", "dynamic", "fp16", "qat", "onnx_fp32", "onnx_int8")
 FP32_RUNTIMES = ("pruned", "pruned_compiled", "onnx_fp32")
 STATIC_CONFIGS = ("ptq_x86", "ptq_fbgemm", "ptq_qnnpack", "ptq_custom")
@@ -759,8 +759,11 @@ def render_report(metrics: dict[str, dict], params: Mapping[str, Any], plots: Ma
     out += [f"## {SECTIONS[8]}", ""]
     out += markdown_table(["Key", "Value"], [[k, v] for k, v in env.items()])
     if roof:
-        out += [f"Roofline (measured peak, {roof.get('threads', '?')} thread(s), {roof.get('size', '?')}² matmul): "
-                f"FP32 {_gmacs(roof.get('fp32_gmacs'))}, INT8 {_gmacs(roof.get('int8_gmacs'))}"
+        where = roof.get("device") or f"{roof.get('threads', '?')} thread(s)"
+        out += [f"Roofline (measured peak, {where}, {roof.get('size', '?')}² matmul): "
+                f"FP32 {_gmacs(roof.get('fp32_gmacs'))}"
+                + (f", FP16 {_gmacs(roof['fp16_gmacs'])}" if roof.get("fp16_gmacs") else "")
+                + f", INT8 {_gmacs(roof.get('int8_gmacs'))}"
                 + (f" ({roof['int8_method']})" if roof.get("int8_method") else "") + ".", ""]
     roof_rows = []
     for name in ordered_variants(bench):
@@ -769,9 +772,11 @@ def render_report(metrics: dict[str, dict], params: Mapping[str, Any], plots: Ma
             continue
         gm, rf = entry.get("achieved_gmacs", {}), entry.get("roofline_fraction", {})
         roof_rows.append([f"`{name}`", gm.get(b1), _pct_or_none(rf.get(b1)), gm.get(big),
-                          _pct_or_none(rf.get(big)), entry.get("peak_rss_mb"), entry.get("compile_s")])
+                          _pct_or_none(rf.get(big)), entry.get("peak_rss_mb"), entry.get("compile_s")]
+                         + ([entry.get("peak_gpu_mb")] if env.get("device") == "cuda" else []))
     out += markdown_table(["Variant", f"GMAC/s b{b1}", f"Roofline b{b1}", f"GMAC/s b{big}", f"Roofline b{big}",
-                   "Peak RSS (MB)", "Compile (s)"], roof_rows)
+                           "Peak RSS (MB)", "Compile (s)"] + (["Peak GPU (MB)"] if env.get("device") == "cuda" else []),
+                          roof_rows)
 
     # 10. plots
     out += [f"## {SECTIONS[9]}", ""]
