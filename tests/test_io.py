@@ -59,3 +59,21 @@ def test_pickled_code_is_refused(tmp_path):
 def test_missing_checkpoint_is_one_clear_error(tmp_path):
     with pytest.raises(EdgecompressError, match="not found"):
         load_torch(tmp_path / "nope.pt")
+
+
+def test_atomic_dir_replaces_whole_directory_or_nothing(tmp_path):
+    from edgecompress.io import atomic_dir
+
+    out = tmp_path / "subset"
+    with atomic_dir(out) as tmp:
+        (tmp / "a.txt").write_text("first")
+    assert (out / "a.txt").read_text() == "first"
+    with pytest.raises(RuntimeError):
+        with atomic_dir(out) as tmp:
+            (tmp / "b.txt").write_text("half")
+            raise RuntimeError("killed mid-write")
+    assert sorted(p.name for p in out.iterdir()) == ["a.txt"]  # previous content intact
+    with atomic_dir(out) as tmp:
+        (tmp / "c.txt").write_text("second")
+    assert sorted(p.name for p in out.iterdir()) == ["c.txt"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["subset"]  # no temporary or old folder left

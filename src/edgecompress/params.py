@@ -302,6 +302,96 @@ class ZooPipelineParams:
     finetune: FinetuneParams = field(default_factory=FinetuneParams)
 
 
+DETECTION_FORMATS = ("coco", "voc", "yolo")
+DETECTOR_FAMILIES = ("yolov5", "ultralytics", "torchvision")
+
+
+@dataclass(frozen=True)
+class DetectionDataParams:
+    """Where the source detection data set is (never downloaded); paths relative to `root`."""
+
+    format: str = "coco"  # coco | voc | yolo
+    root: str = "../../../shared/data/coco128"
+    annotations: str | None = "annotations/instances_train2017.json"  # COCO json | VOC Annotations/ folder
+    images: str = "images/train2017"
+    labels: str | None = None  # YOLO txt folder
+    classes: str | None = None  # YOLO data.yaml / names.txt; VOC: null = names found
+
+    def __post_init__(self) -> None:
+        check(self.format in DETECTION_FORMATS, "format", self.format, f"allowed: {', '.join(DETECTION_FORMATS)}")
+        if self.format in ("coco", "voc"):
+            check(bool(self.annotations), "annotations", self.annotations, f"format {self.format} needs it")
+        else:
+            check(bool(self.labels), "labels", self.labels, "format yolo needs the labels folder")
+            check(bool(self.classes), "classes", self.classes, "format yolo needs a data.yaml or names file")
+
+
+@dataclass(frozen=True)
+class DetectorParams:
+    """One detector: its family, architecture and local weights (null = random initialisation)."""
+
+    family: str = "yolov5"  # yolov5 (imported original checkpoint) | ultralytics | torchvision
+    arch: str | None = None  # ultralytics model yaml (yolov8n.yaml) | torchvision builder (ssdlite320_mobilenet_v3_large)
+    weights: str | None = "models/yolov5n.safe.pt"  # local file; null = random weights (labelled)
+
+    def __post_init__(self) -> None:
+        check(self.family in DETECTOR_FAMILIES, "family", self.family, f"allowed: {', '.join(DETECTOR_FAMILIES)}")
+        if self.family == "yolov5":
+            check(bool(self.weights), "weights", self.weights, "family yolov5 needs the file detect_import wrote")
+        else:
+            check(bool(self.arch or self.weights), "arch", self.arch,
+                  f"family {self.family} needs arch (a model yaml or builder name) or weights")
+
+
+@dataclass(frozen=True)
+class DetectionImportParams:
+    """detect_import: the one step that unpickles a trusted original YOLOv5 checkpoint."""
+
+    source: str = "../../../shared/weights/yolov5n.pt"
+    out: str = "models/yolov5n.safe.pt"
+
+
+@dataclass(frozen=True)
+class DetectionParams:
+    data: DetectionDataParams = field(default_factory=DetectionDataParams)
+    subset_images: int | None = 32  # seeded subset cut by detection_data; null = all
+    seed: int = 0
+    import_: DetectionImportParams = field(default_factory=DetectionImportParams, metadata={"yaml": "import"})
+    models: dict[str, DetectorParams] = field(default_factory=lambda: {"yolov5n": DetectorParams()})
+    imgsz: int = 640  # letterboxed square input of the YOLO families
+    batch_sizes: tuple[int, ...] = (1, 4, 8)
+    device: str = "cpu"  # cpu | cuda | auto
+    threads: int = 2
+    warmup_batches: int = 1  # untimed batches before each timed pass
+    conf_threshold: float = 0.25  # boxes kept for precision/recall/F1 and the visualizations
+    map_conf_threshold: float = 0.001  # boxes kept for mAP (low, as COCO evaluation expects)
+    iou_threshold: float = 0.45  # NMS IoU
+    max_det: int = 300
+    map_agreement_points: float = 0.5  # torchmetrics vs pycocotools tolerance
+    visualize: int = 8  # images drawn per batch size
+
+    def __post_init__(self) -> None:
+        check(self.subset_images is None or self.subset_images >= 1, "subset_images", self.subset_images,
+              "must be null or an integer >= 1")
+        check(bool(self.models), "models", self.models, "must name at least one detector")
+        check(self.imgsz >= 32 and self.imgsz % 32 == 0, "imgsz", self.imgsz, "must be a multiple of 32, >= 32")
+        check(_is_batch_list(self.batch_sizes), "batch_sizes", list(self.batch_sizes),
+              "must be a non-empty list of distinct integers >= 1")
+        check(self.device in DEVICES, "device", self.device, f"allowed: {', '.join(DEVICES)}")
+        check(self.threads >= 1, "threads", self.threads, "must be an integer >= 1")
+        check(self.warmup_batches >= 0, "warmup_batches", self.warmup_batches, "must be an integer >= 0")
+        for key in ("conf_threshold", "map_conf_threshold", "iou_threshold"):
+            check(0 <= getattr(self, key) <= 1, key, getattr(self, key), "must be a number in [0, 1]")
+        check(self.max_det >= 1, "max_det", self.max_det, "must be an integer >= 1")
+        check(self.map_agreement_points > 0, "map_agreement_points", self.map_agreement_points, "must be > 0")
+        check(self.visualize >= 0, "visualize", self.visualize, "must be an integer >= 0")
+
+
+@dataclass(frozen=True)
+class DetectionPipelineParams:
+    detection: DetectionParams = field(default_factory=DetectionParams)
+
+
 # ----------------------------------------------------------------------------------------------
 # Loading
 def _type_name(tp: Any) -> str:

@@ -1,0 +1,507 @@
+"""Object-detection data sets in COCO, Pascal VOC and YOLO (ultralytics txt) formats, offline.
+
+Every loader returns one in-memory `DetectionDataset`; every writer is the inverse of its loader and
+writes each file atomically. Boxes are always xyxy in absolute pixels (float64) and labels a
+contiguous class index: COCO categories sorted by category id give indices 0..K-1, which for COCO's
+80 classes is exactly the ultralytics/YOLO class order, so YOLO labels and model outputs agree.
+
+Conventions per format:
+- COCO: bbox is xywh in pixels; `iscrowd` regions are kept (evaluation ignores them). Written areas
+  are box areas (w * h), since segmentations are not kept.
+- VOC: pixel coordinates are 1-based inclusive, so x1 = xmin - 1, y1 = ymin - 1, x2 = xmax,
+  y2 = ymax (and the writer adds the 1 back). `difficult="1"` objects become crowd boxes: COCO-style
+  evaluation ignores both the same way.
+- YOLO: `class cx cy w h` normalised by the image size, one txt per image with the image's stem;
+  an image without a txt has no objects. YOLO has no crowd flag, so `write_yolo` drops crowd boxes.
+VOC and YOLO sources have no image ids: images get a running id from 1 in sorted file order (COCO
+ids start at 1, and pycocotools' evaluator mistakes an annotation id 0 for "unmatched").
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+import random
+import xml.etree.ElementTree as ET
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+import yaml
+from PIL import Image
+
+from edgecompress import EdgecompressError
+from edgecompress.io import read_json, write_json, write_text
+
+logger = logging.getLogger(__name__)
+
+FORMATS = ("coco", "voc", "yolo")
+IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".webp"}
+PARAMS_KEY = "detection.data"  # prefix of the params keys named in load_dataset's errors
+YOLO_DIGITS = 8  # significant digits of written YOLO floats: < 1e-5 px error on a 4k image
+
+
+@dataclass
+class ImageAnnotation:
+    """One image and its boxes."""
+
+    image_id: int  # COCO image id (or a running index from 1 for VOC/YOLO sources)
+    file_name: str  # path relative to DetectionDataset.images_dir
+    width: int
+    height: int
+    boxes: np.ndarray  # (N, 4) float64, xyxy in absolute pixels (x1 < x2, y1 < y2)
+    labels: np.ndarray  # (N,) int64, contiguous class index into DetectionDataset.classes
+    iscrowd: np.ndarray  # (N,) bool (COCO crowd regions, VOC difficult objects; False elsewhere)
+
+    def __post_init__(self) -> None:
+        self.boxes = np.asarray(self.boxes, dtype=np.float64).reshape(-1, 4)
+        self.labels = np.asarray(self.labels, dtype=np.int64).reshape(-1)
+        self.iscrowd = np.asarray(self.iscrowd, dtype=bool).reshape(-1)
+        if not len(self.boxes) == len(self.labels) == len(self.iscrowd):
+            raise ValueError(f"{self.file_name}: {len(self.boxes)} boxes, {len(self.labels)} labels and "
+                             f"{len(self.iscrowd)} iscrowd flags must have the same length")
+
+    @property
+    def num_boxes(self) -> int:
+        return len(self.boxes)
+
+
+@dataclass
+class DetectionDataset:
+    """Images with their boxes, class names and the COCO category id of each class index."""
+
+    images_dir: Path
+    classes: list[str]  # class index -> name
+    images: list[ImageAnnotation]
+    category_ids: list[int]  # COCO category id of each class index (1..K when the source has none)
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    @property
+    def num_boxes(self) -> int:
+        return sum(image.num_boxes for image in self.images)
+
+    def image_path(self, index: int) -> Path:
+        """Path of the image at position `index`."""
+        return Path(self.images_dir) / self.images[index].file_name
+
+
+def _annotation(image_id: int, file_name: str, width: int, height: int,
+                boxes: list[list[float]], labels: list[int], crowd: list[bool]) -> ImageAnnotation:
+    return ImageAnnotation(image_id, file_name, int(width), int(height),
+                           np.array(boxes, dtype=np.float64).reshape(-1, 4),
+                           np.array(labels, dtype=np.int64), np.array(crowd, dtype=bool))
+
+
+def _require_dir(path: Path, what: str) -> None:
+    if not path.is_dir():
+        raise EdgecompressError(f"{what} folder {path} not found")
+
+
+def _warn_skipped(count: int, source: Path) -> None:
+    if count:
+        logger.warning("%s: skipped %d box(es) with zero or negative width/height", source, count)
+
+
+# ----------------------------------------------------------------------------------------------
+# COCO
+def load_coco(annotation_file: str | Path, images_dir: str | Path) -> DetectionDataset:
+    """Load a COCO `instances_*.json` (parsed with pycocotools); images keep the file's order.
+
+    Boxes with w <= 0 or h <= 0 are skipped (counted in a warning); images without annotations
+    are kept with no boxes.
+    """
+    from pycocotools.coco import COCO
+
+    annotation_file = Path(annotation_file)
+    if not annotation_file.is_file():
+        raise EdgecompressError(f"coco annotation file {annotation_file} not found: expected instances_*.json from COCO")
+    data = read_json(annotation_file)
+    if not isinstance(data, dict) or not all(isinstance(data.get(key), list) for key in ("images", "categories")):
+        raise EdgecompressError(f"{annotation_file}: not a COCO annotation file "
+                                "(expected a JSON object with 'images' and 'categories' lists)")
+    data.setdefault("annotations", [])
+    coco = COCO()
+    coco.dataset = data
+    try:
+        with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints progress lines
+            coco.createIndex()
+    except (KeyError, TypeError) as exc:
+        raise EdgecompressError(f"{annotation_file}: malformed COCO entry (missing or bad key {exc})") from None
+
+    category_ids = sorted(coco.cats)
+    index_of = {cat_id: index for index, cat_id in enumerate(category_ids)}
+    images, skipped = [], 0
+    for image in data["images"]:
+        boxes, labels, crowd = [], [], []
+        for ann in coco.imgToAnns.get(image["id"], []):
+            bbox = ann.get("bbox")
+            if not isinstance(bbox, list) or len(bbox) != 4:
+                raise EdgecompressError(f"{annotation_file}: annotation id {ann.get('id')} has bbox {bbox!r}, "
+                                        "expected [x, y, width, height]")
+            if ann.get("category_id") not in index_of:
+                raise EdgecompressError(f"{annotation_file}: annotation id {ann.get('id')} has category_id "
+                                        f"{ann.get('category_id')!r}, not one of the file's categories")
+            x, y, w, h = (float(v) for v in bbox)
+            if w <= 0 or h <= 0:
+                skipped += 1
+                continue
+            boxes.append([x, y, x + w, y + h])
+            labels.append(index_of[ann["category_id"]])
+            crowd.append(bool(ann.get("iscrowd", 0)))
+        images.append(_annotation(image["id"], image["file_name"], image["width"], image["height"],
+                                  boxes, labels, crowd))
+    _warn_skipped(skipped, annotation_file)
+    classes = [str(coco.cats[cat_id]["name"]) for cat_id in category_ids]
+    return DetectionDataset(Path(images_dir), classes, images, category_ids)
+
+
+def write_coco(ds: DetectionDataset, path: str | Path) -> None:
+    """Write `ds` as a COCO annotation file (bbox xywh, area = w * h, annotation ids from 1)."""
+    images, annotations = [], []
+    for image in ds.images:
+        images.append({"id": int(image.image_id), "file_name": image.file_name,
+                       "width": int(image.width), "height": int(image.height)})
+        for (x1, y1, x2, y2), label, crowd in zip(image.boxes.tolist(), image.labels.tolist(),
+                                                   image.iscrowd.tolist()):
+            w, h = x2 - x1, y2 - y1
+            annotations.append({"id": len(annotations) + 1, "image_id": int(image.image_id),
+                                "category_id": int(ds.category_ids[label]), "bbox": [x1, y1, w, h],
+                                "area": w * h, "iscrowd": int(crowd)})
+    categories = [{"id": int(cat_id), "name": name} for cat_id, name in zip(ds.category_ids, ds.classes)]
+    write_json(path, {"images": images, "annotations": annotations, "categories": categories})
+
+
+# ----------------------------------------------------------------------------------------------
+# Pascal VOC
+def _xml_text(node: ET.Element, tag: str, source: Path) -> str:
+    child = node.find(tag)
+    if child is None or child.text is None or not child.text.strip():
+        raise EdgecompressError(f"{source}: missing <{tag}> in <{node.tag}>")
+    return child.text.strip()
+
+
+def _xml_number(node: ET.Element, tag: str, source: Path) -> float:
+    text = _xml_text(node, tag, source)
+    try:
+        return float(text)
+    except ValueError:
+        raise EdgecompressError(f"{source}: <{tag}> is {text!r}, expected a number") from None
+
+
+def _image_size(path: Path) -> tuple[int, int]:
+    """(width, height) from the image header, without decoding the pixels."""
+    try:
+        with Image.open(path) as image:
+            return image.size
+    except FileNotFoundError:
+        raise EdgecompressError(f"image {path} not found") from None
+    except OSError as exc:
+        raise EdgecompressError(f"image {path} cannot be read ({exc})") from None
+
+
+def load_voc(annotations_dir: str | Path, images_dir: str | Path,
+             classes: Sequence[str] | None = None) -> DetectionDataset:
+    """Load Pascal VOC XML files (every *.xml under `annotations_dir`, sorted).
+
+    Args:
+        annotations_dir: folder of VOC XML files.
+        images_dir: folder the XMLs' <filename> is relative to.
+        classes: class names in index order; None = the sorted set of names found.
+    """
+    annotations_dir, images_dir = Path(annotations_dir), Path(images_dir)
+    _require_dir(annotations_dir, "VOC annotations")
+    parsed = []  # (xml path, filename, width, height, [(name, box, difficult)])
+    for xml_path in sorted(annotations_dir.rglob("*.xml")):
+        try:
+            root = ET.parse(xml_path).getroot()
+        except ET.ParseError as exc:
+            raise EdgecompressError(f"{xml_path}: not valid XML ({exc})") from None
+        file_name = _xml_text(root, "filename", xml_path)
+        size = root.find("size")
+        width = int(_xml_number(size, "width", xml_path)) if size is not None else 0
+        height = int(_xml_number(size, "height", xml_path)) if size is not None else 0
+        if width <= 0 or height <= 0:  # some VOC exports leave <size> empty or zero
+            width, height = _image_size(images_dir / file_name)
+        objects = []
+        for obj in root.iter("object"):
+            bndbox = obj.find("bndbox")
+            if bndbox is None:
+                raise EdgecompressError(f"{xml_path}: missing <bndbox> in <object>")
+            xmin, ymin, xmax, ymax = (_xml_number(bndbox, tag, xml_path) for tag in ("xmin", "ymin", "xmax", "ymax"))
+            difficult = obj.find("difficult")
+            is_difficult = difficult is not None and (difficult.text or "0").strip() == "1"
+            objects.append((_xml_text(obj, "name", xml_path), [xmin - 1, ymin - 1, xmax, ymax], is_difficult))
+        parsed.append((xml_path, file_name, width, height, objects))
+
+    if classes is None:
+        classes = sorted({name for *_, objects in parsed for name, _, _ in objects})
+    index_of = {name: index for index, name in enumerate(classes)}
+    images, skipped = [], 0
+    for image_id, (xml_path, file_name, width, height, objects) in enumerate(parsed, start=1):
+        boxes, labels, crowd = [], [], []
+        for name, box, is_difficult in objects:
+            if name not in index_of:
+                raise EdgecompressError(f"{xml_path}: object name {name!r} is not one of the {len(classes)} "
+                                        f"classes ({', '.join(list(classes)[:5])}{', ...' if len(classes) > 5 else ''})")
+            if box[2] <= box[0] or box[3] <= box[1]:
+                skipped += 1
+                continue
+            boxes.append(box)
+            labels.append(index_of[name])
+            crowd.append(is_difficult)
+        images.append(_annotation(image_id, file_name, width, height, boxes, labels, crowd))
+    _warn_skipped(skipped, annotations_dir)
+    return DetectionDataset(images_dir, list(classes), images, list(range(1, len(classes) + 1)))
+
+
+def _voc_number(value: float) -> str:
+    """Integers without a decimal point (VOC's own style); other values in full precision."""
+    return str(int(value)) if float(value).is_integer() else repr(float(value))
+
+
+def write_voc(ds: DetectionDataset, out_dir: str | Path) -> None:
+    """Write one VOC XML per image (`<out_dir>/<file_name stem>.xml`), the inverse of `load_voc`."""
+    out_dir = Path(out_dir)
+    for image in ds.images:
+        root = ET.Element("annotation")
+        ET.SubElement(root, "filename").text = image.file_name
+        size = ET.SubElement(root, "size")
+        for tag, value in (("width", image.width), ("height", image.height), ("depth", 3)):
+            ET.SubElement(size, tag).text = str(int(value))
+        for (x1, y1, x2, y2), label, crowd in zip(image.boxes.tolist(), image.labels.tolist(),
+                                                   image.iscrowd.tolist()):
+            obj = ET.SubElement(root, "object")
+            ET.SubElement(obj, "name").text = ds.classes[label]
+            ET.SubElement(obj, "difficult").text = "1" if crowd else "0"
+            bndbox = ET.SubElement(obj, "bndbox")
+            for tag, value in (("xmin", x1 + 1), ("ymin", y1 + 1), ("xmax", x2), ("ymax", y2)):
+                ET.SubElement(bndbox, tag).text = _voc_number(value)
+        ET.indent(root)
+        write_text(out_dir / Path(image.file_name).with_suffix(".xml"), ET.tostring(root, encoding="unicode") + "\n")
+
+
+# ----------------------------------------------------------------------------------------------
+# YOLO (ultralytics txt)
+def _image_files(images_dir: Path) -> list[Path]:
+    return sorted(p for p in images_dir.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
+
+
+def _parse_yolo_file(label_path: Path, num_classes: int, width: int, height: int
+                     ) -> tuple[list[list[float]], list[int], int]:
+    """Boxes (absolute xyxy), labels and the number of degenerate boxes skipped, of one txt file."""
+    boxes, labels, skipped = [], [], 0
+    for line_no, line in enumerate(label_path.read_text().splitlines(), start=1):
+        fields = line.split()
+        if not fields:
+            continue
+        if len(fields) != 5:
+            raise EdgecompressError(f"{label_path}:{line_no}: {len(fields)} fields, expected 5 "
+                                    "(class cx cy w h; segment polygons are not supported)")
+        try:
+            label = int(fields[0])
+            cx, cy, w, h = (float(v) for v in fields[1:])
+        except ValueError:
+            raise EdgecompressError(f"{label_path}:{line_no}: {line.strip()!r} is not 'class cx cy w h' "
+                                    "(an integer and four numbers)") from None
+        if not 0 <= label < num_classes:
+            raise EdgecompressError(f"{label_path}:{line_no}: class index {label} out of range, "
+                                    f"expected 0..{num_classes - 1}")
+        if w <= 0 or h <= 0:
+            skipped += 1
+            continue
+        boxes.append([(cx - w / 2) * width, (cy - h / 2) * height, (cx + w / 2) * width, (cy + h / 2) * height])
+        labels.append(label)
+    return boxes, labels, skipped
+
+
+def load_yolo(labels_dir: str | Path, images_dir: str | Path, classes: Sequence[str]) -> DetectionDataset:
+    """Load ultralytics YOLO txt labels for every image under `images_dir` (sorted).
+
+    The label of `images_dir/a/b.jpg` is `labels_dir/a/b.txt`; an image without one has no objects.
+    Image sizes are read from the file headers (pixels are not decoded).
+    """
+    labels_dir, images_dir = Path(labels_dir), Path(images_dir)
+    _require_dir(images_dir, "YOLO images")
+    _require_dir(labels_dir, "YOLO labels")
+    if not classes:
+        raise EdgecompressError("YOLO classes: empty list of class names")
+    images, skipped, used_labels = [], 0, set()
+    for image_id, image_path in enumerate(_image_files(images_dir), start=1):
+        relative = image_path.relative_to(images_dir)
+        width, height = _image_size(image_path)
+        label_path = labels_dir / relative.with_suffix(".txt")
+        boxes, labels = [], []
+        if label_path.is_file():
+            used_labels.add(label_path)
+            boxes, labels, skipped_here = _parse_yolo_file(label_path, len(classes), width, height)
+            skipped += skipped_here
+        images.append(_annotation(image_id, relative.as_posix(), width, height, boxes, labels, [False] * len(labels)))
+    _warn_skipped(skipped, labels_dir)
+    orphans = [p for p in labels_dir.rglob("*.txt") if p not in used_labels]
+    if orphans:
+        logger.warning("%s: %d label file(s) have no image in %s (e.g. %s)", labels_dir, len(orphans),
+                       images_dir, orphans[0].name)
+    return DetectionDataset(images_dir, list(classes), images, list(range(1, len(classes) + 1)))
+
+
+def write_yolo(ds: DetectionDataset, labels_dir: str | Path) -> None:
+    """Write one YOLO txt per image that has at least one non-crowd box, the inverse of `load_yolo`.
+
+    YOLO has no crowd flag, so crowd boxes are dropped (their count is logged). A stale txt of an image
+    that now has no boxes is removed, so the folder describes exactly `ds`.
+    """
+    labels_dir = Path(labels_dir)
+    dropped = 0
+    for image in ds.images:
+        label_path = labels_dir / Path(image.file_name).with_suffix(".txt")
+        lines = []
+        for (x1, y1, x2, y2), label, crowd in zip(image.boxes.tolist(), image.labels.tolist(),
+                                                   image.iscrowd.tolist()):
+            if crowd:
+                dropped += 1
+                continue
+            values = ((x1 + x2) / 2 / image.width, (y1 + y2) / 2 / image.height,
+                      (x2 - x1) / image.width, (y2 - y1) / image.height)
+            lines.append(" ".join([str(label)] + [f"{v:.{YOLO_DIGITS}g}" for v in values]))
+        if lines:
+            write_text(label_path, "\n".join(lines) + "\n")
+        else:
+            label_path.unlink(missing_ok=True)
+    if dropped:
+        logger.warning("%s: dropped %d crowd box(es): YOLO labels have no crowd flag", labels_dir, dropped)
+
+
+def read_class_names(path: str | Path) -> list[str]:
+    """Class names from a YOLO `data.yaml` (`names:` list or {index: name}) or a names.txt (one a line)."""
+    path = Path(path)
+    if not path.is_file():
+        raise EdgecompressError(f"class names file {path} not found: expected a YOLO data.yaml or a names.txt")
+    if path.suffix.lower() not in (".yaml", ".yml"):
+        names = [line.strip() for line in path.read_text().splitlines() if line.strip()]
+    else:
+        try:
+            data = yaml.safe_load(path.read_text())
+        except yaml.YAMLError as exc:
+            reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            raise EdgecompressError(f"{path}: not valid YAML ({reason})") from None
+        names = data.get("names") if isinstance(data, dict) else None
+        if isinstance(names, dict):
+            if sorted(names) != list(range(len(names))):
+                raise EdgecompressError(f"{path}: names has keys {sorted(names, key=str)[:10]}, "
+                                        f"expected the integers 0..{len(names) - 1}")
+            names = [names[index] for index in range(len(names))]
+        if not isinstance(names, list):
+            raise EdgecompressError(f"{path}: names is {names!r}, expected a list of class names "
+                                    "or a mapping {index: name}")
+        names = [str(name) for name in names]
+    if not names:
+        raise EdgecompressError(f"{path}: no class names found")
+    return names
+
+
+def write_class_names(ds: DetectionDataset, path: str | Path) -> None:
+    """Write the class names as a YOLO data.yaml (`nc`, `names: {index: name}`) when `path` ends in
+    .yaml/.yml, else as a names.txt (one a line); `read_class_names` reads either back."""
+    path = Path(path)
+    if path.suffix.lower() in (".yaml", ".yml"):
+        text = yaml.safe_dump({"nc": len(ds.classes), "names": dict(enumerate(ds.classes))}, sort_keys=False)
+    else:
+        text = "".join(f"{name}\n" for name in ds.classes)
+    write_text(path, text)
+
+
+# ----------------------------------------------------------------------------------------------
+# Dispatch, subsets, summaries
+def _resolve(root: Path, relative: str | Path | None, key: str, expected: str, *, folder: bool) -> Path:
+    """`root / relative`, checked to exist, with a one-line error naming the params key."""
+    if relative is None:
+        raise EdgecompressError(f"{PARAMS_KEY}.{key} is not set: expected {expected}")
+    path = root / relative
+    if not (path.is_dir() if folder else path.is_file()):
+        raise EdgecompressError(f"{PARAMS_KEY}.{key}={relative} not found at {path}: expected {expected}")
+    return path
+
+
+def load_dataset(fmt: str, *, root: str | Path, annotations: str | Path | None = None,
+                 images: str | Path | None = None, labels: str | Path | None = None,
+                 classes: str | Path | Sequence[str] | None = None) -> DetectionDataset:
+    """Load a detection data set; every path is relative to `root` (an absolute one is used as is).
+
+    Args:
+        fmt: "coco", "voc" or "yolo".
+        root: the data set's folder.
+        annotations: COCO: the instances json (required); VOC: the XML folder (default "Annotations").
+        images: the image folder (default "images"; VOC "JPEGImages").
+        labels: YOLO: the txt folder (default "labels").
+        classes: a data.yaml / names.txt path or a list of names. YOLO: required; VOC: None = the
+            names found; COCO: optional check that the json's class names are exactly these.
+    """
+    if fmt not in FORMATS:
+        raise EdgecompressError(f"{PARAMS_KEY}.format={fmt!r} is not supported: allowed {', '.join(FORMATS)}")
+    root = Path(root)
+    if not root.is_dir():
+        raise EdgecompressError(f"{PARAMS_KEY}.root={root} not found: expected the {fmt} data set folder")
+    names: list[str] | None = None
+    if isinstance(classes, (str, Path)):
+        names = read_class_names(_resolve(root, classes, "classes", "a YOLO data.yaml or a names.txt", folder=False))
+    elif classes is not None:
+        names = list(classes)
+
+    if fmt == "coco":
+        ds = load_coco(_resolve(root, annotations, "annotations", "a COCO instances_*.json", folder=False),
+                       _resolve(root, images or "images", "images", "the COCO image folder", folder=True))
+        if names is not None and names != ds.classes:
+            raise EdgecompressError(f"{PARAMS_KEY}.classes={classes} lists {len(names)} names that differ from the "
+                                    f"{len(ds.classes)} categories of {annotations}: expected the same names in "
+                                    "category-id order, or null")
+        return ds
+    if fmt == "voc":
+        return load_voc(_resolve(root, annotations or "Annotations", "annotations", "a folder of VOC XML files",
+                                 folder=True),
+                        _resolve(root, images or "JPEGImages", "images", "the VOC image folder", folder=True), names)
+    if names is None:
+        raise EdgecompressError(f"{PARAMS_KEY}.classes is not set: format yolo needs a data.yaml or names.txt")
+    return load_yolo(_resolve(root, labels or "labels", "labels", "a folder of YOLO txt labels", folder=True),
+                     _resolve(root, images or "images", "images", "the YOLO image folder", folder=True), names)
+
+
+def subset(ds: DetectionDataset, n: int | None, seed: int) -> DetectionDataset:
+    """`n` images drawn with `random.Random(seed)`, in their original order; n=None keeps all."""
+    if n is None:
+        return DetectionDataset(ds.images_dir, list(ds.classes), list(ds.images), list(ds.category_ids))
+    if not 0 <= n <= len(ds.images):
+        raise EdgecompressError(f"subset size {n} is not possible: the data set has {len(ds.images)} images "
+                                f"(expected 0..{len(ds.images)} or null for all)")
+    chosen = sorted(random.Random(seed).sample(range(len(ds.images)), n))
+    return DetectionDataset(ds.images_dir, list(ds.classes), [ds.images[i] for i in chosen], list(ds.category_ids))
+
+
+def summary(ds: DetectionDataset) -> dict[str, Any]:
+    """Counts for the metrics JSON; `boxes` and `boxes_per_class` include crowd boxes, and
+    `boxes_per_class` lists every class (zeros too) so keys are stable across runs."""
+    per_class: Counter[int] = Counter()
+    for image in ds.images:
+        per_class.update(image.labels.tolist())
+    return {
+        "images": len(ds.images),
+        "boxes": ds.num_boxes,
+        "crowd_boxes": int(sum(int(image.iscrowd.sum()) for image in ds.images)),
+        "images_without_boxes": sum(1 for image in ds.images if image.num_boxes == 0),
+        "classes": len(ds.classes),
+        "classes_present": len(per_class),
+        "boxes_per_class": {name: per_class.get(index, 0) for index, name in enumerate(ds.classes)},
+    }
+
+
+def to_targets(ds: DetectionDataset) -> list[dict[str, torch.Tensor]]:
+    """Per image `{"boxes": float32 (N, 4), "labels": int64 (N,), "iscrowd": int64 (N,)}`, the target
+    format of torchmetrics' MeanAveragePrecision (which ignores crowd boxes like COCO)."""
+    return [{"boxes": torch.from_numpy(image.boxes).float(),
+             "labels": torch.from_numpy(image.labels).long(),
+             "iscrowd": torch.from_numpy(image.iscrowd).long()} for image in ds.images]

@@ -1,0 +1,429 @@
+"""Object-detection evaluation and post-processing: NMS, COCO mAP (torchmetrics, cross-checked with
+pycocotools), precision/recall/F1 at a fixed operating point, and images with boxes drawn on them.
+
+Conventions (shared with `edgecompress.detect_data`):
+- boxes are xyxy in absolute pixels; labels are contiguous class indices into `DetectionDataset.classes`;
+- predictions are, per image and in the order of `DetectionDataset.images`, torchmetrics' dict
+  `{"boxes": (M, 4) float, "scores": (M,) float, "labels": (M,) long}`;
+- metric values are plain floats in [0, 1]; a value COCO cannot define (no ground truth in that class or
+  size range, reported as -1 by COCO) is None.
+
+mAP is computed twice on purpose: torchmetrics (faster-coco-eval backend, else pycocotools) is the number
+the pipeline reports, and pycocotools' reference `COCOeval` run directly on a ground truth built here is an
+independent check that boxes, labels and category ids went through the conversions unchanged.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.util
+import io
+import logging
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import matplotlib
+
+matplotlib.use("Agg")  # headless: no display on servers/CI
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+import torchvision  # noqa: E402
+from PIL import Image, UnidentifiedImageError  # noqa: E402
+
+from edgecompress import EdgecompressError  # noqa: E402
+from edgecompress.detect_data import DetectionDataset, ImageAnnotation  # noqa: E402
+from edgecompress.plots import save_figure  # noqa: E402
+
+AGREEMENT_KEYS = ("map", "map_50", "map_75", "mar_100")
+TORCHMETRICS_KEYS = ("map", "map_50", "map_75", "mar_100", "map_small", "map_medium", "map_large")
+GT_COLOUR = "#2ca02c"
+# tab10 without its green, so a prediction never looks like ground truth.
+PRED_COLOURS = ("#d62728", "#1f77b4", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22", "#17becf")
+
+logging.getLogger("faster_coco_eval").setLevel(logging.WARNING)  # it logs every COCO summary line at INFO
+
+Prediction = Mapping[str, torch.Tensor]
+Target = ImageAnnotation | Mapping[str, Any]
+
+
+# ----------------------------------------------------------------------------------------------
+# Post-processing
+def nms(boxes: torch.Tensor, scores: torch.Tensor, labels: torch.Tensor, *, iou_threshold: float,
+        conf_threshold: float, max_det: int) -> dict[str, torch.Tensor]:
+    """Class-aware non-maximum suppression of one image's raw detections.
+
+    Drops detections scoring below `conf_threshold`, suppresses a box overlapping a higher-scoring box
+    of the same class with IoU > `iou_threshold` (boxes of different classes never suppress each other)
+    and keeps the `max_det` highest scores.
+
+    Returns:
+        The prediction dict {"boxes": float (K, 4), "scores": float (K,), "labels": long (K,)},
+        sorted by descending score.
+    Raises:
+        EdgecompressError: a threshold outside [0, 1] or `max_det` not a positive integer.
+    """
+    for name, value in (("iou_threshold", iou_threshold), ("conf_threshold", conf_threshold)):
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value <= 1.0:
+            raise EdgecompressError(f"nms {name}={value!r}: expected a number in [0, 1]")
+    if isinstance(max_det, bool) or not isinstance(max_det, int) or max_det < 1:
+        raise EdgecompressError(f"nms max_det={max_det!r}: expected a positive integer")
+    boxes = torch.as_tensor(boxes, dtype=torch.float32).reshape(-1, 4)
+    scores = torch.as_tensor(scores, dtype=torch.float32).reshape(-1)
+    labels = torch.as_tensor(labels, dtype=torch.int64).reshape(-1)
+    confident = scores >= conf_threshold
+    boxes, scores, labels = boxes[confident], scores[confident], labels[confident]
+    keep = torchvision.ops.batched_nms(boxes, scores, labels, iou_threshold)[:max_det]
+    return {"boxes": boxes[keep], "scores": scores[keep], "labels": labels[keep]}
+
+
+# ----------------------------------------------------------------------------------------------
+# Input normalisation
+def _numpy(values: Any, dtype: Any) -> np.ndarray:
+    """Tensor/array/list -> numpy array of `dtype` (on the CPU)."""
+    if isinstance(values, torch.Tensor):
+        values = values.detach().cpu().numpy()
+    return np.asarray(values, dtype=dtype)
+
+
+def _target_arrays(target: Target) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(boxes (N, 4) float64, labels (N,) int64, iscrowd (N,) bool) of an ImageAnnotation or a
+    torchmetrics-style target dict ("iscrowd" optional)."""
+    if isinstance(target, ImageAnnotation):
+        boxes, labels, crowd = target.boxes, target.labels, target.iscrowd
+    else:
+        boxes, labels = target["boxes"], target["labels"]
+        crowd = target.get("iscrowd", np.zeros(len(labels), dtype=bool))
+    return (_numpy(boxes, np.float64).reshape(-1, 4), _numpy(labels, np.int64).reshape(-1),
+            _numpy(crowd, bool).reshape(-1))
+
+
+def _prediction_arrays(pred: Prediction) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(boxes (M, 4) float64, scores (M,) float64, labels (M,) int64) of a prediction dict."""
+    return (_numpy(pred["boxes"], np.float64).reshape(-1, 4), _numpy(pred["scores"], np.float64).reshape(-1),
+            _numpy(pred["labels"], np.int64).reshape(-1))
+
+
+def _check_lengths(preds: Sequence[Prediction], targets: Sequence[Any]) -> None:
+    if len(preds) != len(targets):
+        raise EdgecompressError(
+            f"detection predictions cover {len(preds)} images but the data set has {len(targets)}: "
+            "expected one prediction dict per image, in data set order")
+
+
+def _metric_value(value: float) -> float | None:
+    """COCO's -1 ("undefined: no ground truth") -> None, anything else a plain float."""
+    value = float(value)
+    return None if value < 0 else value
+
+
+# ----------------------------------------------------------------------------------------------
+# mAP
+def map_backend() -> str:
+    """The COCO implementation torchmetrics should use: "faster_coco_eval" (same algorithm, faster),
+    else "pycocotools".
+
+    Raises:
+        EdgecompressError: when neither is installed.
+    """
+    # torchmetrics only finds a missing backend at compute time, so look before choosing.
+    for backend in ("faster_coco_eval", "pycocotools"):
+        if importlib.util.find_spec(backend) is not None:
+            return backend
+    raise EdgecompressError("detection mAP needs faster-coco-eval or pycocotools: neither is installed "
+                            "(pip install faster-coco-eval pycocotools)")
+
+
+def map_torchmetrics(preds: Sequence[Prediction], targets: Sequence[Target], *,
+                     per_class: bool = True) -> dict[str, Any]:
+    """COCO mAP with `torchmetrics.detection.MeanAveragePrecision` (xyxy boxes, bbox IoU).
+
+    Uses the faster-coco-eval backend, or pycocotools when faster-coco-eval is not installed.
+
+    Args:
+        preds: one prediction dict per image.
+        targets: per image an `ImageAnnotation`, or a torchmetrics target dict
+            {"boxes", "labels", optional "iscrowd"}.
+        per_class: also compute AP@[.5:.95] per class (torchmetrics re-runs the evaluation one class at
+            a time, which roughly doubles the cost).
+    Returns:
+        {"backend", "map", "map_50", "map_75", "mar_100", "map_small", "map_medium", "map_large",
+        "map_per_class": {class index: AP or None}} (map_per_class only with `per_class`); undefined
+        values (no ground truth) are None.
+    """
+    from torchmetrics.detection import MeanAveragePrecision
+
+    _check_lengths(preds, targets)
+    backend = map_backend()
+    metric = MeanAveragePrecision(box_format="xyxy", iou_type="bbox", class_metrics=per_class, backend=backend)
+    tm_preds, tm_targets = [], []
+    for pred, target in zip(preds, targets):
+        boxes, scores, labels = _prediction_arrays(pred)
+        tm_preds.append({"boxes": torch.from_numpy(boxes).float(), "scores": torch.from_numpy(scores).float(),
+                         "labels": torch.from_numpy(labels)})
+        gt_boxes, gt_labels, crowd = _target_arrays(target)
+        tm_targets.append({"boxes": torch.from_numpy(gt_boxes).float(), "labels": torch.from_numpy(gt_labels),
+                           "iscrowd": torch.from_numpy(crowd.astype(np.int64))})
+    metric.update(tm_preds, tm_targets)
+    with contextlib.redirect_stdout(io.StringIO()):
+        computed = metric.compute()
+    result: dict[str, Any] = {"backend": backend}
+    result.update({key: _metric_value(computed[key]) for key in TORCHMETRICS_KEYS})
+    if per_class:
+        classes = computed["classes"].reshape(-1).tolist()
+        values = computed["map_per_class"].reshape(-1).tolist()
+        result["map_per_class"] = {int(c): _metric_value(v) for c, v in zip(classes, values)}
+    return result
+
+
+def _coco_ground_truth(ds: DetectionDataset) -> dict[str, Any]:
+    """The data set as a COCO instances dict (annotation ids start at 1: COCOeval reads id 0 as
+    'unmatched')."""
+    images, annotations = [], []
+    for image in ds.images:
+        images.append({"id": int(image.image_id), "file_name": image.file_name, "width": int(image.width),
+                       "height": int(image.height)})
+        boxes, labels, crowd = _target_arrays(image)
+        for (x1, y1, x2, y2), label, is_crowd in zip(boxes.tolist(), labels.tolist(), crowd.tolist()):
+            width, height = x2 - x1, y2 - y1
+            annotations.append({"id": len(annotations) + 1, "image_id": int(image.image_id),
+                                "category_id": _category_id(ds, label), "bbox": [x1, y1, width, height],
+                                "area": width * height, "iscrowd": int(is_crowd)})
+    categories = [{"id": int(cid), "name": name} for cid, name in zip(ds.category_ids, ds.classes)]
+    return {"info": {}, "images": images, "annotations": annotations, "categories": categories}
+
+
+def _category_id(ds: DetectionDataset, label: int) -> int:
+    if not 0 <= label < len(ds.category_ids):
+        raise EdgecompressError(
+            f"detection label {label}: expected a class index in [0, {len(ds.category_ids) - 1}] "
+            f"({len(ds.classes)} classes)")
+    return int(ds.category_ids[label])
+
+
+def coco_eval(ds: DetectionDataset, preds: Sequence[Prediction]) -> dict[str, float | None]:
+    """COCO mAP with pycocotools' reference `COCOeval`, independently of torchmetrics.
+
+    The ground truth is built in memory from `ds` (category ids from `ds.category_ids`, area = box
+    area, iscrowd kept), the results list from `preds` (xywh boxes).
+
+    Returns:
+        {"map", "map_50", "map_75", "mar_100"} (COCOeval's stats[0], [1], [2], [8]); undefined values
+        are None. With no predictions at all every value is 0.0 (COCO's `loadRes` rejects an empty
+        results list; with nothing detected, precision and recall are 0 wherever they are defined).
+    """
+    from pycocotools.coco import COCO
+    from pycocotools.cocoeval import COCOeval
+
+    _check_lengths(preds, ds.images)
+    results = []
+    for image, pred in zip(ds.images, preds):
+        boxes, scores, labels = _prediction_arrays(pred)
+        for (x1, y1, x2, y2), score, label in zip(boxes.tolist(), scores.tolist(), labels.tolist()):
+            results.append({"image_id": int(image.image_id), "category_id": _category_id(ds, label),
+                            "bbox": [x1, y1, x2 - x1, y2 - y1], "score": score})
+    if not results:
+        return {key: 0.0 for key in AGREEMENT_KEYS}
+    with contextlib.redirect_stdout(io.StringIO()):
+        ground_truth = COCO()
+        ground_truth.dataset = _coco_ground_truth(ds)
+        ground_truth.createIndex()
+        detections = ground_truth.loadRes(results)
+        evaluator = COCOeval(ground_truth, detections, iouType="bbox")
+        evaluator.evaluate()
+        evaluator.accumulate()
+        evaluator.summarize()
+    stats = evaluator.stats
+    return {"map": _metric_value(stats[0]), "map_50": _metric_value(stats[1]),
+            "map_75": _metric_value(stats[2]), "mar_100": _metric_value(stats[8])}
+
+
+def agreement(tm: Mapping[str, Any], coco: Mapping[str, Any], tolerance_points: float = 0.5) -> dict[str, Any]:
+    """How far torchmetrics' and pycocotools' numbers are apart, in percentage points.
+
+    Returns:
+        {"difference_points": {key: |tm - coco| * 100, or None when only one side is defined},
+        "tolerance_points", "agree": every difference <= tolerance}. Keys: map, map_50, map_75, mar_100
+        (those present in both); both sides None counts as a difference of 0.
+    """
+    differences: dict[str, float | None] = {}
+    for key in AGREEMENT_KEYS:
+        if key not in tm or key not in coco:
+            continue
+        left, right = tm[key], coco[key]
+        if left is None and right is None:
+            differences[key] = 0.0
+        elif left is None or right is None:
+            differences[key] = None
+        else:
+            differences[key] = round(abs(float(left) - float(right)) * 100, 4)
+    agree = all(value is not None and value <= tolerance_points for value in differences.values())
+    return {"difference_points": differences, "tolerance_points": float(tolerance_points), "agree": agree}
+
+
+# ----------------------------------------------------------------------------------------------
+# Operating point
+def _pairwise_iou(boxes: np.ndarray, others: np.ndarray) -> np.ndarray:
+    """(len(boxes), len(others)) intersection over union of xyxy boxes."""
+    intersection = _pairwise_intersection(boxes, others)
+    union = _areas(boxes)[:, None] + _areas(others)[None, :] - intersection
+    return np.divide(intersection, union, out=np.zeros_like(intersection), where=union > 0)
+
+
+def _pairwise_intersection(boxes: np.ndarray, others: np.ndarray) -> np.ndarray:
+    top_left = np.maximum(boxes[:, None, :2], others[None, :, :2])
+    bottom_right = np.minimum(boxes[:, None, 2:], others[None, :, 2:])
+    sides = np.clip(bottom_right - top_left, 0, None)
+    return sides[..., 0] * sides[..., 1]
+
+
+def _areas(boxes: np.ndarray) -> np.ndarray:
+    return np.clip(boxes[:, 2] - boxes[:, 0], 0, None) * np.clip(boxes[:, 3] - boxes[:, 1], 0, None)
+
+
+def precision_recall_f1(preds: Sequence[Prediction], targets: Sequence[Target], *,
+                        iou_threshold: float = 0.5) -> dict[str, float | int]:
+    """Precision, recall and F1 of the detections as given (filter by confidence first).
+
+    Per image and class, detections are matched greedily by descending score to the unmatched
+    ground-truth box of the same class with the highest IoU >= `iou_threshold`; each box is matched at
+    most once. As in COCO, a crowd region (iscrowd) is never a false negative, and a detection that
+    matches no regular box but covers a crowd region (intersection over the detection's area >=
+    `iou_threshold`) is ignored rather than counted as a false positive.
+
+    Returns:
+        {"tp", "fp", "fn", "precision", "recall", "f1"}; a ratio whose denominator is 0 (no detections,
+        no ground truth) is 0.0.
+    """
+    _check_lengths(preds, targets)
+    tp = fp = fn = 0
+    for pred, target in zip(preds, targets):
+        boxes, scores, labels = _prediction_arrays(pred)
+        gt_boxes, gt_labels, crowd = _target_arrays(target)
+        for label in np.union1d(labels, gt_labels):
+            det = boxes[labels == label][np.argsort(-scores[labels == label], kind="stable")]
+            regular = gt_boxes[(gt_labels == label) & ~crowd]
+            crowd_regions = gt_boxes[(gt_labels == label) & crowd]
+            ious = _pairwise_iou(det, regular)
+            crowd_cover = _pairwise_intersection(det, crowd_regions) / np.maximum(_areas(det), 1e-12)[:, None]
+            matched = np.zeros(len(regular), dtype=bool)
+            for index in range(len(det)):
+                candidates = np.where(matched, -1.0, ious[index])
+                best = int(np.argmax(candidates)) if len(regular) else -1
+                if best >= 0 and candidates[best] >= iou_threshold:
+                    matched[best] = True
+                    tp += 1
+                elif not (crowd_cover.shape[1] and crowd_cover[index].max() >= iou_threshold):
+                    fp += 1
+            fn += int((~matched).sum())
+    precision = tp / (tp + fp) if tp + fp else 0.0
+    recall = tp / (tp + fn) if tp + fn else 0.0
+    f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
+    return {"tp": tp, "fp": fp, "fn": fn, "precision": precision, "recall": recall, "f1": f1}
+
+
+def evaluate_detections(ds: DetectionDataset, preds: Sequence[Prediction], *,
+                        tolerance_points: float = 0.5) -> dict[str, Any]:
+    """Every detection metric of `preds` on `ds`, as one JSON-able dict.
+
+    Returns:
+        {"torchmetrics": map_torchmetrics(...), "pycocotools": coco_eval(...), "agreement": agreement(...),
+        "precision", "recall", "f1", "tp", "fp", "fn" (IoU 0.5, detections as given), "images",
+        "gt_boxes" (regular boxes, = tp + fn), "crowd_boxes", "pred_boxes"}.
+    """
+    _check_lengths(preds, ds.images)
+    tm = map_torchmetrics(preds, ds.images)
+    coco = coco_eval(ds, preds)
+    operating_point = precision_recall_f1(preds, ds.images)
+    crowd_counts = [int(np.asarray(image.iscrowd, dtype=bool).sum()) for image in ds.images]
+    return {
+        "torchmetrics": tm,
+        "pycocotools": coco,
+        "agreement": agreement(tm, coco, tolerance_points),
+        **{key: operating_point[key] for key in ("precision", "recall", "f1", "tp", "fp", "fn")},
+        "images": len(ds.images),
+        "gt_boxes": sum(len(image.labels) for image in ds.images) - sum(crowd_counts),
+        "crowd_boxes": sum(crowd_counts),
+        "pred_boxes": sum(len(pred["labels"]) for pred in preds),
+    }
+
+
+# ----------------------------------------------------------------------------------------------
+# Visualisation
+def draw_detections(image_path: str | Path, gt: ImageAnnotation, pred: Prediction, classes: Sequence[str],
+                    out_path: str | Path, *, title: str | None = None) -> None:
+    """Write a PNG of the image with ground-truth boxes (green, dashed, class name) and predictions
+    (one colour per class, "name score").
+
+    Raises:
+        EdgecompressError: naming the image when it is missing or not a readable image (no output is
+            written then).
+    """
+    image_path = Path(image_path)
+    if not image_path.is_file():
+        raise EdgecompressError(f"detection image {image_path} not found: expected the file listed in the "
+                                "data set's annotations")
+    try:
+        with Image.open(image_path) as opened:
+            pixels = np.asarray(opened.convert("RGB"))
+    except (UnidentifiedImageError, OSError) as exc:
+        raise EdgecompressError(f"detection image {image_path} cannot be read ({exc}): expected a "
+                                "JPEG/PNG image") from None
+    height, width = pixels.shape[:2]
+    fig_width = min(8.0, max(4.0, width / 100))
+    fig, ax = plt.subplots(figsize=(fig_width, fig_width * height / width), dpi=100)
+    try:
+        ax.imshow(pixels)
+        ax.set_xlim(0, width)
+        ax.set_ylim(height, 0)
+        ax.axis("off")
+        gt_boxes, gt_labels, _ = _target_arrays(gt)
+        for (x1, y1, x2, y2), label in zip(gt_boxes.tolist(), gt_labels.tolist()):
+            # Above the predictions: a good detection hides its ground-truth box otherwise.
+            ax.add_patch(plt.Rectangle((x1, y1), x2 - x1, y2 - y1, fill=False, edgecolor=GT_COLOUR,
+                                       linestyle="--", linewidth=1.5, zorder=3))
+            ax.text(x1, y1, _class_name(classes, label), color="white", fontsize=6, va="bottom",
+                    bbox={"facecolor": GT_COLOUR, "alpha": 0.7, "pad": 1, "edgecolor": "none"})
+        boxes, scores, labels = _prediction_arrays(pred)
+        for (x1, y1, x2, y2), score, label in zip(boxes.tolist(), scores.tolist(), labels.tolist()):
+            colour = PRED_COLOURS[label % len(PRED_COLOURS)]
+            ax.add_patch(plt.Rectangle((x1, y1), x2 - x1, y2 - y1, fill=False, edgecolor=colour, linewidth=1.2))
+            # Below the box: a prediction on top of its ground truth keeps both labels readable.
+            ax.text(x1, y2, f"{_class_name(classes, label)} {score:.2f}", color="white", fontsize=6, va="top",
+                    bbox={"facecolor": colour, "alpha": 0.7, "pad": 1, "edgecolor": "none"})
+        ax.set_title(title if title is not None else
+                     f"{image_path.name}: {len(gt_labels)} ground truth (green, dashed), {len(labels)} predicted",
+                     fontsize=7)
+    except BaseException:
+        plt.close(fig)
+        raise
+    save_figure(fig, out_path)
+
+
+def _class_name(classes: Sequence[str], label: int) -> str:
+    return classes[label] if 0 <= label < len(classes) else f"class {label}"
+
+
+def write_visualizations(ds: DetectionDataset, preds: Sequence[Prediction], out_dir: str | Path,
+                         classes: Sequence[str], *, max_images: int) -> list[Path]:
+    """Draw the first `max_images` images of `ds` with their predictions as `<out_dir>/<stem>.png`
+    (the image id is appended when two images share a stem).
+
+    Returns:
+        The PNG paths written, in data set order.
+    """
+    _check_lengths(preds, ds.images)
+    if isinstance(max_images, bool) or not isinstance(max_images, int) or max_images < 0:
+        raise EdgecompressError(f"visualization max_images={max_images!r}: expected an integer >= 0")
+    out_dir = Path(out_dir)
+    written: list[Path] = []
+    used_stems: set[str] = set()
+    for image, pred in zip(ds.images[:max_images], preds):
+        stem = Path(image.file_name).stem
+        if stem in used_stems:
+            stem = f"{stem}_{image.image_id}"
+        used_stems.add(stem)
+        out_path = out_dir / f"{stem}.png"
+        draw_detections(Path(ds.images_dir) / image.file_name, image, pred, classes, out_path)
+        written.append(out_path)
+    return written

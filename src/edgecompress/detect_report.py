@@ -1,0 +1,162 @@
+"""Plots and REPORT.md of the detection pipeline, built from its metrics files only."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Sequence
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import torch  # noqa: E402
+
+from edgecompress.io import read_json, write_text  # noqa: E402
+from edgecompress.plots import save_figure  # noqa: E402
+
+PLOT_FILES = {"map50": "map50_vs_inference_time.png", "map": "map_vs_total_inference_time.png"}
+# Published COCO val2017 figures at 640 px (ultralytics/yolov5 v6.1+ README): (mAP@.5:.95, mAP@.5)
+PUBLISHED = {"yolov5n": (28.0, 45.7), "yolov5s": (37.4, 56.8), "yolov5m": (45.4, 64.1), "yolov5l": (49.0, 67.3),
+             "yolov5x": (50.7, 68.9)}
+MAP50_BAND = 0.35  # a real yolov5n scores at least this on COCO images (issue #7's plausibility band)
+MARKERS = ("o", "s", "^", "D", "v", "P")
+
+
+def above(pred: dict[str, torch.Tensor], conf_threshold: float) -> dict[str, torch.Tensor]:
+    """The detections of one image scoring at least `conf_threshold`."""
+    keep = pred["scores"] >= conf_threshold
+    return {key: value[keep] for key, value in pred.items()}
+
+
+def _points(metrics: dict[str, Any], time_key: str, map_key: str) -> dict[str, list[tuple[int, float, float]]]:
+    out: dict[str, list[tuple[int, float, float]]] = {}
+    for name, entry in metrics["models"].items():
+        for batch, row in entry["batch_sizes"].items():
+            timing = row["timing"]
+            x = timing[time_key] if time_key != "total_s" else timing["total_s"]
+            out.setdefault(name, []).append((int(batch), float(x), float(row[map_key])))
+    return out
+
+
+def _label(name: str, entry: dict[str, Any]) -> str:
+    return f"{name} (random weights)" if entry.get("random_weights") else name
+
+
+def plot_map_vs_time(metrics: dict[str, Any], path: str | Path, *, time_key: str, map_key: str, xlabel: str,
+                     ylabel: str, title: str) -> None:
+    """One line per model through its batch sizes (marker per batch size, labelled b<N>)."""
+    fig, ax = plt.subplots(figsize=(6.5, 4.5))
+    for (name, points), colour in zip(_points(metrics, time_key, map_key).items(), plt.cm.tab10.colors):
+        points.sort()
+        ax.plot([p[1] for p in points], [p[2] for p in points], "-", color=colour, alpha=0.5,
+                label=_label(name, metrics["models"][name]))
+        for i, (batch, x, y) in enumerate(points):
+            ax.plot(x, y, MARKERS[i % len(MARKERS)], color=colour)
+            ax.annotate(f"b{batch}", (x, y), textcoords="offset points", xytext=(4, 4), fontsize=8)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title, fontsize=10)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    save_figure(fig, path)
+
+
+def write_plots(metrics: dict[str, Any], plots_dir: str | Path) -> dict[str, str]:
+    """The two mAP-vs-time plots of issue #7 under `plots_dir`; returns {key: path}."""
+    plots_dir = Path(plots_dir)
+    images = metrics["data"]["images"]
+    plot_map_vs_time(metrics, plots_dir / PLOT_FILES["map50"], time_key="inference_ms_per_image", map_key="map_50",
+                     xlabel="inference time per image (ms: pre-process + model + NMS + post-process)",
+                     ylabel="mAP@.5", title=f"mAP@.5 vs inference time ({images} images)")
+    plot_map_vs_time(metrics, plots_dir / PLOT_FILES["map"], time_key="total_s", map_key="map",
+                     xlabel=f"total time for {images} images (s, decoding included)", ylabel="mAP@[.5:.95]",
+                     title=f"mAP@[.5:.95] vs total inference time ({images} images)")
+    return {key: str(plots_dir / name) for key, name in PLOT_FILES.items()}
+
+
+def _fmt(value: float | None, scale: float = 100.0, digits: int = 1) -> str:
+    return "—" if value is None else f"{value * scale:.{digits}f}"
+
+
+def _table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> list[str]:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join("—" if v is None else str(v) for v in row) + " |" for row in rows]
+    return lines + [""]
+
+
+def published_for(entry: dict[str, Any]) -> tuple[float, float] | None:
+    """Published COCO val2017 (mAP, mAP@.5) of a model's architecture, when it is a known YOLOv5."""
+    if entry.get("random_weights"):
+        return None
+    for key in (str(entry.get("arch", "")), Path(str(entry.get("weights", ""))).name.split(".")[0]):
+        if key in PUBLISHED:
+            return PUBLISHED[key]
+    return None
+
+
+def render_report(metrics: dict[str, Any], data: dict[str, Any], imported: dict[str, Any] | None,
+                  plots: dict[str, str], report_dir: str | Path) -> str:
+    """REPORT.md text: data, per model × batch size accuracy and time, agreement, goals, plots."""
+    report_dir = Path(report_dir)
+    out = ["# edgecompress detection report", "",
+           "Generated from `metrics/detection.json` (no number typed by hand).", "", "## Data", ""]
+    source = data.get("source", {})
+    out += [f"{data.get('images')} images drawn with seed {data.get('seed')} from {source.get('images')} "
+            f"({source.get('format')} at `{source.get('root')}`): {data.get('boxes')} boxes "
+            f"({data.get('crowd_boxes', 0)} crowd), {data.get('classes_present')} classes present.", ""]
+    if "train" in f"{source.get('annotations') or ''}{source.get('labels') or ''}":
+        out += ["These images come from a training split (e.g. COCO train2017), which COCO-trained detectors "
+                "were fitted on: scores above the published val2017 figures are expected and are not a "
+                "validation result.", ""]
+    if imported:
+        out += [f"Imported checkpoint: `{imported['source']}` (sha256 `{imported['sha256'][:16]}…`), "
+                f"{imported['params']:,} parameters, {imported['classes']} classes.", ""]
+    settings = metrics["settings"]
+    out += ["## Accuracy and time", "",
+            f"mAP over all images with boxes kept at score ≥ {settings['map_conf_threshold']} (NMS IoU "
+            f"{settings['iou_threshold']}, at most {settings['max_det']} per image); precision / recall / F1 at "
+            f"score ≥ {settings['conf_threshold']} and IoU 0.5. Times are per image, measured over the whole "
+            f"subset after {settings['warmup_batches']} warm-up batch(es), {settings['threads']} thread(s).", ""]
+    rows, goals = [], []
+    for name, entry in metrics["models"].items():
+        label = _label(name, entry)
+        for batch, row in entry["batch_sizes"].items():
+            t, b = row["timing"], row["timing"]["blocks"]
+            op = row["operating_point"]
+            rows.append([label, batch, _fmt(row["map"]), _fmt(row["map_50"]), _fmt(row["pycocotools"]["map"]),
+                         _fmt(row["pycocotools"]["map_50"]), _fmt(op["precision"]), _fmt(op["recall"]),
+                         _fmt(op["f1"]), *(f"{b[k]['per_image_ms']:.1f}" if k in b else "in model"
+                                           for k in ("preprocess", "model", "nms", "postprocess")),
+                         f"{t['inference_ms_per_image']:.1f}", f"{t['total_s']:.2f}"])
+        first = next(iter(entry["batch_sizes"].values()))
+        agree = all(r["agreement"]["agree"] for r in entry["batch_sizes"].values())
+        goals.append([f"{label}: torchmetrics vs pycocotools within {settings.get('agreement_points', 0.5)} pt",
+                      "met" if agree else "NOT met"])
+        published = published_for(entry)
+        if published:
+            goals.append([f"{label}: mAP@.5 ≥ {MAP50_BAND:.2f} (plausible for this model; published COCO val2017 "
+                          f"mAP@.5 {published[1]}, mAP@.5:.95 {published[0]})",
+                          f"{'met' if first['map_50'] >= MAP50_BAND else 'NOT met'} ({_fmt(first['map_50'])} / "
+                          f"{_fmt(first['map'])} here)"])
+        elif entry.get("random_weights"):
+            goals.append([f"{label}: accuracy goals", "not judged: random weights (a smoke run of the pipeline)"])
+    out += _table(["Model", "Batch", "mAP", "mAP@.5", "COCOeval mAP", "COCOeval mAP@.5", "P", "R", "F1",
+                   "Pre ms", "Model ms", "NMS ms", "Post ms", "Inference ms", "Total s"], rows)
+    out += ["## Goals", ""] + _table(["Goal", "Status"], goals)
+    out += ["## Plots", ""]
+    for key, caption in (("map50", "mAP@.5 vs inference time"), ("map", "mAP vs total time")):
+        if key in plots:
+            out += [f"![{caption}]({Path(plots[key]).relative_to(report_dir) if Path(plots[key]).is_relative_to(report_dir) else plots[key]})", ""]
+    env = metrics.get("environment", {})
+    out += ["## Environment", "", f"{env.get('cpu')} ({env.get('logical_cores')} logical cores), device "
+            f"{env.get('device')}, torch {env.get('torch')}, Python {env.get('python')}.", ""]
+    return "\n".join(out).rstrip() + "\n"
+
+
+def build_report(metrics_path: str | Path, data_path: str | Path, import_path: str | Path | None,
+                 plots_dir: str | Path, out: str | Path) -> None:
+    """Read the metrics files and write REPORT.md atomically."""
+    metrics, data = read_json(metrics_path), read_json(data_path)
+    imported = read_json(import_path) if import_path and Path(import_path).is_file() else None
+    plots = {key: str(Path(plots_dir) / name) for key, name in PLOT_FILES.items()}
+    write_text(out, render_report(metrics, data, imported, plots, Path(out).parent))

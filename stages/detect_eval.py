@@ -1,0 +1,75 @@
+"""Stage `detect_eval`: every detector of `detection.models` on the data subset, at every batch size of
+`detection.batch_sizes`: mAP@[.5:.95] / mAP@.5 (torchmetrics, cross-checked with pycocotools' COCOeval
+on the same predictions), precision / recall / F1 at `detection.conf_threshold`, and the time of
+decoding, pre-processing, the model, NMS and post-processing -> metrics/detection.json, box
+visualizations per batch size and the mAP-vs-time plots."""
+
+from pathlib import Path
+
+import torch
+
+from edgecompress import detect_data, detect_metrics, detect_report
+from edgecompress.bench import environment_fingerprint
+from edgecompress.detect import load_detector, run_detector
+from edgecompress.io import write_json
+from edgecompress.params import DetectionPipelineParams, load_params
+from edgecompress.pipeline import log, run_stage, stage_args
+from edgecompress.train import resolve_device
+
+
+def main() -> None:
+    args = stage_args(__doc__, {"data": "subset directory written by detection_data",
+                                "metrics": "detection metrics JSON to write", "plots": "directory of the mAP-vs-time plots",
+                                "visualizations": "directory for visualizations_batch_<b>/<model>/"})
+    params = load_params(args.params, DetectionPipelineParams).detection
+    torch.set_num_threads(params.threads)
+    device = resolve_device(params.device)
+    ds = detect_data.load_coco(Path(args.data) / "annotations.json", Path(args.data) / "images")
+    paths = [Path(ds.images_dir) / image.file_name for image in ds.images]
+    plots = Path(args.plots)
+    results = {}
+    for name, spec in params.models.items():
+        detector = load_detector(name, family=spec.family, arch=spec.arch, weights=spec.weights,
+                                 dataset_classes=ds.classes, imgsz=params.imgsz, device=device)
+        entry = {"family": detector.family, "arch": detector.arch, "weights": detector.weights,
+                 "random_weights": detector.random_weights, "params": detector.params(),
+                 "model_classes": len(detector.classes), "imgsz": params.imgsz if detector.letterboxed else None,
+                 "nms": "torchvision batched_nms (timed)" if detector.letterboxed else "inside the model",
+                 "batch_sizes": {}}
+        for batch_size in params.batch_sizes:
+            preds, timing = run_detector(detector, paths, ds.classes, batch_size=batch_size,
+                                         conf_threshold=params.map_conf_threshold, iou_threshold=params.iou_threshold,
+                                         max_det=params.max_det, warmup_batches=params.warmup_batches)
+            evaluation = detect_metrics.evaluate_detections(ds, preds, tolerance_points=params.map_agreement_points)
+            # NMS keeps the same boxes above conf_threshold whether it ran at the low mAP threshold or at
+            # conf_threshold (a box is only suppressed by higher-scoring ones), so one pass serves both.
+            deployed = [detect_report.above(p, params.conf_threshold) for p in preds]
+            operating = detect_metrics.precision_recall_f1(deployed, ds.images)
+            entry["batch_sizes"][str(batch_size)] = {
+                "map": evaluation["torchmetrics"]["map"], "map_50": evaluation["torchmetrics"]["map_50"],
+                "torchmetrics": evaluation["torchmetrics"], "pycocotools": evaluation["pycocotools"],
+                "agreement": evaluation["agreement"], "operating_point": {"conf_threshold": params.conf_threshold,
+                                                                         **operating},
+                "pred_boxes_for_map": evaluation["pred_boxes"], "timing": timing}
+            detect_metrics.write_visualizations(ds, deployed, Path(args.visualizations) / f"visualizations_batch_{batch_size}" / name,
+                                                ds.classes, max_images=params.visualize)
+            log.info("%s batch %d: mAP %.3f mAP@.5 %.3f (pycocotools %.3f / %.3f), P %.3f R %.3f, "
+                     "%.1f ms/image inference, %.1f ms/image total", name, batch_size, evaluation["torchmetrics"]["map"],
+                     evaluation["torchmetrics"]["map_50"], evaluation["pycocotools"]["map"],
+                     evaluation["pycocotools"]["map_50"], operating["precision"], operating["recall"],
+                     timing["inference_ms_per_image"], timing["total_ms_per_image"])
+        results[name] = entry
+    metrics = {"data": {"images": len(ds.images), **detect_data.summary(ds)},
+               "settings": {k: (list(v) if isinstance(v, tuple) else v) for k, v in
+                            {"conf_threshold": params.conf_threshold, "map_conf_threshold": params.map_conf_threshold,
+                             "iou_threshold": params.iou_threshold, "max_det": params.max_det,
+                             "imgsz": params.imgsz, "batch_sizes": params.batch_sizes,
+                             "warmup_batches": params.warmup_batches, "threads": params.threads,
+                             "agreement_points": params.map_agreement_points}.items()},
+               "environment": environment_fingerprint(params.threads, str(device)), "models": results}
+    detect_report.write_plots(metrics, plots)
+    write_json(args.metrics, metrics)
+
+
+if __name__ == "__main__":
+    run_stage(main)

@@ -1,0 +1,16 @@
+"""Stage `detect_report`: REPORT.md of the detection pipeline from its metrics files."""
+
+from edgecompress.detect_report import build_report
+from edgecompress.pipeline import log, run_stage, stage_args
+
+
+def main() -> None:
+    args = stage_args(__doc__, {"metrics": "metrics/detection.json", "data_metrics": "metrics/detection_data.json",
+                                "import_metrics": "metrics/detect_import.json (may be absent)",
+                                "plots": "directory of the mAP-vs-time plots", "out": "REPORT.md to write"})
+    build_report(args.metrics, args.data_metrics, args.import_metrics, args.plots, args.out)
+    log.info("wrote %s", args.out)
+
+
+if __name__ == "__main__":
+    run_stage(main)

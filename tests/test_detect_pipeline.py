@@ -1,0 +1,116 @@
+"""The detection pipeline end to end.
+
+- Smoke: `dvc repro pipelines/detection/dvc.yaml` with random weights (clearly labelled) on the two
+  images that ship with ultralytics and hand-written YOLO labels: a randomly initialised yolov8n.yaml, a
+  random original-format YOLOv5 checkpoint through detect_import, and a random torchvision SSDlite.
+  Every output file is produced.
+- Integration (needs ../shared): the real COCO-trained yolov5n.pt on the 128 COCO images' subset scores
+  mAP@.5 in a plausible band and torchmetrics agrees with pycocotools.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+
+from conftest import SHARED, deep_update, run
+from test_detect import write_yolov5_checkpoint
+
+pytestmark = pytest.mark.slow
+
+# Hand-drawn boxes (x1, y1, x2, y2 pixels) and COCO class indices (0 person, 5 bus, 27 tie)
+HAND_LABELS = {"bus.jpg": [(5, 17, 230, 801, 760), (0, 48, 398, 245, 905), (0, 670, 380, 810, 875),
+                           (0, 221, 405, 345, 857), (0, 0, 550, 63, 873)],
+               "zidane.jpg": [(0, 747, 41, 1148, 711), (0, 123, 193, 715, 719), (27, 437, 434, 529, 717)]}
+
+
+def write_asset_dataset(root: Path) -> Path:
+    """ultralytics' two sample images with YOLO txt labels and its COCO data.yaml for class names."""
+    import shutil
+
+    import ultralytics
+    from PIL import Image
+    from ultralytics.utils import ASSETS
+
+    (root / "images").mkdir(parents=True)
+    (root / "labels").mkdir()
+    for name, boxes in HAND_LABELS.items():
+        shutil.copy(ASSETS / name, root / "images" / name)
+        width, height = Image.open(ASSETS / name).size
+        lines = [f"{c} {(x1 + x2) / 2 / width:.6f} {(y1 + y2) / 2 / height:.6f} {(x2 - x1) / width:.6f} "
+                 f"{(y2 - y1) / height:.6f}" for c, x1, y1, x2, y2 in boxes]
+        (root / "labels" / f"{Path(name).stem}.txt").write_text("\n".join(lines) + "\n")
+    shutil.copy(Path(ultralytics.__file__).parent / "cfg" / "datasets" / "coco.yaml", root / "coco.yaml")
+    return root
+
+
+def test_detection_pipeline_smoke_run_random_weights(repo_copy: Path, tmp_path: Path) -> None:
+    data = write_asset_dataset(tmp_path / "assets")
+    checkpoint = write_yolov5_checkpoint(tmp_path / "random_v5.pt")
+    params_path = repo_copy / "pipelines" / "detection" / "params.yaml"
+    params = deep_update(yaml.safe_load(params_path.read_text()), {"detection": {
+        "data": {"format": "yolo", "root": str(data), "annotations": None, "images": "images", "labels": "labels",
+                 "classes": "coco.yaml"},
+        "subset_images": None, "import": {"source": str(checkpoint), "out": "models/random_v5.safe.pt"},
+        "imgsz": 160, "batch_sizes": [1, 2], "threads": 1, "visualize": 2}})
+    params["detection"]["models"] = {
+        "yolov8n": {"family": "ultralytics", "arch": "yolov8n.yaml", "weights": None},
+        "v5": {"family": "yolov5", "weights": "models/random_v5.safe.pt"},
+        "ssdlite": {"family": "torchvision", "arch": "ssdlite320_mobilenet_v3_large", "weights": None}}
+    params_path.write_text(yaml.safe_dump(params, sort_keys=False))
+
+    run(["dvc", "repro", "pipelines/detection/dvc.yaml"], repo_copy, timeout=600)
+
+    det = repo_copy / "pipelines" / "detection"
+    subset = det / "data" / "subset"
+    coco = json.loads((subset / "annotations.json").read_text())
+    assert len(coco["images"]) == 2 and len(coco["annotations"]) == 8
+    assert sorted(p.name for p in (subset / "labels").iterdir()) == ["bus.txt", "zidane.txt"]
+    assert sorted(p.name for p in (subset / "voc").iterdir()) == ["bus.xml", "zidane.xml"]
+    assert json.loads((det / "metrics" / "detection_data.json").read_text())["boxes"] == 8
+    assert json.loads((det / "metrics" / "detect_import.json").read_text())["classes"] == 3
+    metrics = json.loads((det / "metrics" / "detection.json").read_text())
+    assert set(metrics["models"]) == {"yolov8n", "v5", "ssdlite"}
+    for name, entry in metrics["models"].items():
+        assert set(entry["batch_sizes"]) == {"1", "2"}
+        for row in entry["batch_sizes"].values():
+            assert 0 <= row["map"] <= 1 and row["agreement"]["agree"]
+            assert row["timing"]["images"] == 2 and row["timing"]["inference_ms_per_image"] > 0
+        for batch in (1, 2):
+            pictures = sorted((det / "plots" / "detection" / f"visualizations_batch_{batch}" / name).iterdir())
+            assert [p.name for p in pictures] == ["bus.png", "zidane.png"]
+            assert pictures[0].read_bytes()[:4] == b"\x89PNG"
+    assert metrics["models"]["yolov8n"]["random_weights"] and metrics["models"]["ssdlite"]["random_weights"]
+    assert metrics["models"]["ssdlite"]["nms"] == "inside the model"
+    for plot in ("map50_vs_inference_time", "map_vs_total_inference_time"):
+        assert (det / "plots" / f"{plot}.png").read_bytes()[:4] == b"\x89PNG"
+    report = (det / "REPORT.md").read_text()
+    assert "yolov8n (random weights)" in report and "not judged: random weights" in report
+    assert "up to date" in run(["dvc", "repro", "pipelines/detection/dvc.yaml"], repo_copy).stdout
+
+
+@pytest.mark.skipif(not (SHARED / "weights" / "yolov5n.pt").is_file() or not (SHARED / "data" / "coco128").is_dir(),
+                    reason="needs ../shared/weights/yolov5n.pt and ../shared/data/coco128 (see ../shared/README.md)")
+def test_real_yolov5n_on_coco_subset_scores_in_the_plausible_band(tmp_path: Path) -> None:
+    import torch
+
+    from edgecompress import detect_data, detect_metrics
+    from edgecompress.detect import import_yolov5, load_detector, run_detector
+
+    torch.set_num_threads(2)
+    coco = SHARED / "data" / "coco128"
+    ds = detect_data.subset(detect_data.load_dataset("coco", root=coco, annotations="annotations/instances_train2017.json",
+                                                     images="images/train2017"), 32, seed=0)
+    import_yolov5(SHARED / "weights" / "yolov5n.pt", tmp_path / "yolov5n.safe.pt")
+    detector = load_detector("yolov5n", family="yolov5", arch=None, weights=str(tmp_path / "yolov5n.safe.pt"),
+                             dataset_classes=ds.classes, imgsz=640)
+    assert detector.classes == ds.classes  # the checkpoint's 80 names in COCO category-id order
+    preds, _ = run_detector(detector, [ds.images_dir / image.file_name for image in ds.images], ds.classes,
+                            batch_size=8, conf_threshold=0.001, iou_threshold=0.45, max_det=300, warmup_batches=0)
+    result = detect_metrics.evaluate_detections(ds, preds, tolerance_points=0.5)
+    # published COCO val2017: mAP@.5 45.7, mAP@.5:.95 28.0; these are train2017 images, so higher is expected
+    assert result["torchmetrics"]["map_50"] >= 0.35 and result["agreement"]["agree"], result["agreement"]
+    assert 0.2 <= result["torchmetrics"]["map"] <= result["torchmetrics"]["map_50"]
