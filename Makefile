@@ -6,7 +6,7 @@ BIN := $(CURDIR)/$(VENV)/bin
 STAMP := $(VENV)/.installed
 export PATH := $(BIN):$(PATH)
 
-.PHONY: install run zoo test clean-outputs
+.PHONY: install run zoo detection test clean-outputs
 
 install: $(STAMP)
 
@@ -22,6 +22,9 @@ run: install  ## install, then run the whole pipeline on the embedded default da
 
 zoo: install  ## install, then the zoo pipeline (pretrained ImageNet models; CIFAR-100 fine-tuning if its data is there)
 	$(BIN)/dvc repro --keep-going pipelines/zoo/dvc.yaml
+
+detection: install  ## install, then the detection pipeline (COCO subset + yolov5n from ../shared by default)
+	$(BIN)/dvc repro pipelines/detection/dvc.yaml
 
 test: install  ## install, then run the test suite
 	$(BIN)/python -m pytest
