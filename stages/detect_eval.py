@@ -10,7 +10,7 @@ import torch
 
 from edgecompress import detect_data, detect_metrics, detect_report
 from edgecompress.bench import environment_fingerprint
-from edgecompress.detect import load_detector, run_detector
+from edgecompress.detect import evaluate_detector, evaluation_settings, load_detector
 from edgecompress.io import write_json
 from edgecompress.params import DetectionPipelineParams, load_params
 from edgecompress.pipeline import log, run_stage, stage_args
@@ -25,7 +25,6 @@ def main() -> None:
     torch.set_num_threads(params.threads)
     device = resolve_device(params.device)
     ds = detect_data.load_coco(Path(args.data) / "annotations.json", Path(args.data) / "images")
-    paths = [Path(ds.images_dir) / image.file_name for image in ds.images]
     plots = Path(args.plots)
     results = {}
     for name, spec in params.models.items():
@@ -37,27 +36,15 @@ def main() -> None:
                  "nms": "torchvision batched_nms (timed)" if detector.letterboxed else "inside the model",
                  "batch_sizes": {}}
         for batch_size in params.batch_sizes:
-            preds, timing = run_detector(detector, paths, ds.classes, batch_size=batch_size,
-                                         conf_threshold=params.map_conf_threshold, iou_threshold=params.iou_threshold,
-                                         max_det=params.max_det, warmup_batches=params.warmup_batches)
-            evaluation = detect_metrics.evaluate_detections(ds, preds, tolerance_points=params.map_agreement_points)
-            # NMS keeps the same boxes above conf_threshold whether it ran at the low mAP threshold or at
-            # conf_threshold (a box is only suppressed by higher-scoring ones), so one pass serves both.
-            deployed = [detect_report.above(p, params.conf_threshold) for p in preds]
-            operating = detect_metrics.precision_recall_f1(deployed, ds.images)
-            entry["batch_sizes"][str(batch_size)] = {
-                "map": evaluation["torchmetrics"]["map"], "map_50": evaluation["torchmetrics"]["map_50"],
-                "torchmetrics": evaluation["torchmetrics"], "pycocotools": evaluation["pycocotools"],
-                "agreement": evaluation["agreement"], "operating_point": {"conf_threshold": params.conf_threshold,
-                                                                         **operating},
-                "pred_boxes_for_map": evaluation["pred_boxes"], "timing": timing}
-            detect_metrics.write_visualizations(ds, deployed, Path(args.visualizations) / f"visualizations_batch_{batch_size}" / name,
-                                                ds.classes, max_images=params.visualize)
+            row, deployed = evaluate_detector(detector, ds, batch_size=batch_size, **evaluation_settings(params))
+            entry["batch_sizes"][str(batch_size)] = row
+            detect_metrics.write_visualizations(ds, deployed, Path(args.visualizations) / f"visualizations_batch_{batch_size}"
+                                                / name, ds.classes, max_images=params.visualize)
             log.info("%s batch %d: mAP %.3f mAP@.5 %.3f (pycocotools %.3f / %.3f), P %.3f R %.3f, "
-                     "%.1f ms/image inference, %.1f ms/image total", name, batch_size, evaluation["torchmetrics"]["map"],
-                     evaluation["torchmetrics"]["map_50"], evaluation["pycocotools"]["map"],
-                     evaluation["pycocotools"]["map_50"], operating["precision"], operating["recall"],
-                     timing["inference_ms_per_image"], timing["total_ms_per_image"])
+                     "%.1f ms/image inference, %.1f ms/image total", name, batch_size, row["map"], row["map_50"],
+                     row["pycocotools"]["map"], row["pycocotools"]["map_50"], row["operating_point"]["precision"],
+                     row["operating_point"]["recall"], row["timing"]["inference_ms_per_image"],
+                     row["timing"]["total_ms_per_image"])
         results[name] = entry
     metrics = {"data": {"images": len(ds.images), **detect_data.summary(ds)},
                "settings": {k: (list(v) if isinstance(v, tuple) else v) for k, v in

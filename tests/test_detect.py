@@ -11,7 +11,7 @@ from PIL import Image
 
 from edgecompress import EdgecompressError
 from edgecompress.bench import BlockTimer
-from edgecompress.detect import (Letterbox, _class_map, decode_yolo, import_yolov5, letterbox, load_detector,
+from edgecompress.detect import (Letterbox, model_to_dataset_classes, decode_yolo, import_yolov5, letterbox, load_detector,
                                  predict_batch, run_detector, unletterbox)
 
 COCO_FIRST = ["person", "bicycle", "car"]
@@ -46,7 +46,7 @@ def test_decode_yolo_both_layouts() -> None:
 
 
 def test_class_map_by_name() -> None:
-    assert _class_map(["cat", "person", "car"], COCO_FIRST).tolist() == [-1, 0, 2]
+    assert model_to_dataset_classes(["cat", "person", "car"], COCO_FIRST).tolist() == [-1, 0, 2]
 
 
 def write_yolov5_checkpoint(path: Path) -> Path:
@@ -123,5 +123,5 @@ def test_predict_batch_drops_classes_the_data_set_lacks() -> None:
                              dataset_classes=COCO_FIRST, imgsz=64)
     detector.classes = ["dog", "person", "cat"]  # as if the model knew other classes
     preds = predict_batch(detector, [Image.new("RGB", (64, 64))], timer=BlockTimer(), conf_threshold=0.0,
-                          iou_threshold=0.5, max_det=50, class_map=_class_map(detector.classes, COCO_FIRST))
+                          iou_threshold=0.5, max_det=50, class_map=model_to_dataset_classes(detector.classes, COCO_FIRST))
     assert set(preds[0]["labels"].tolist()) <= {0}  # only "person" survives, as data set index 0

@@ -2,8 +2,8 @@
 
 - Smoke: `dvc repro pipelines/detection/dvc.yaml` with random weights (clearly labelled) on the two
   images that ship with ultralytics and hand-written YOLO labels: a randomly initialised yolov8n.yaml, a
-  random original-format YOLOv5 checkpoint through detect_import, and a random torchvision SSDlite.
-  Every output file is produced.
+  random original-format YOLOv5 checkpoint through detect_import (the torchvision family runs in
+  tests/test_detect.py). Every output file is produced.
 - Integration (needs ../shared): the real COCO-trained yolov5n.pt on the 128 COCO images' subset scores
   mAP@.5 in a plausible band and torchmetrics agrees with pycocotools.
 """
@@ -55,11 +55,12 @@ def test_detection_pipeline_smoke_run_random_weights(repo_copy: Path, tmp_path: 
         "data": {"format": "yolo", "root": str(data), "annotations": None, "images": "images", "labels": "labels",
                  "classes": "coco.yaml"},
         "subset_images": None, "import": {"source": str(checkpoint), "out": "models/random_v5.safe.pt"},
-        "imgsz": 160, "batch_sizes": [1, 2], "threads": 1, "visualize": 2}})
+        "imgsz": 128, "batch_sizes": [1, 2], "threads": 1, "visualize": 2,
+        "profile": {"images": 2, "batch_size": 2, "iterations": 1},
+        "compress": {"model": "v5", "calibration_images": 2}}})
     params["detection"]["models"] = {
         "yolov8n": {"family": "ultralytics", "arch": "yolov8n.yaml", "weights": None},
-        "v5": {"family": "yolov5", "weights": "models/random_v5.safe.pt"},
-        "ssdlite": {"family": "torchvision", "arch": "ssdlite320_mobilenet_v3_large", "weights": None}}
+        "v5": {"family": "yolov5", "weights": "models/random_v5.safe.pt"}}
     params_path.write_text(yaml.safe_dump(params, sort_keys=False))
 
     run(["dvc", "repro", "pipelines/detection/dvc.yaml"], repo_copy, timeout=600)
@@ -73,7 +74,7 @@ def test_detection_pipeline_smoke_run_random_weights(repo_copy: Path, tmp_path: 
     assert json.loads((det / "metrics" / "detection_data.json").read_text())["boxes"] == 8
     assert json.loads((det / "metrics" / "detect_import.json").read_text())["classes"] == 3
     metrics = json.loads((det / "metrics" / "detection.json").read_text())
-    assert set(metrics["models"]) == {"yolov8n", "v5", "ssdlite"}
+    assert set(metrics["models"]) == {"yolov8n", "v5"}
     for name, entry in metrics["models"].items():
         assert set(entry["batch_sizes"]) == {"1", "2"}
         for row in entry["batch_sizes"].values():
@@ -83,11 +84,26 @@ def test_detection_pipeline_smoke_run_random_weights(repo_copy: Path, tmp_path: 
             pictures = sorted((det / "plots" / "detection" / f"visualizations_batch_{batch}" / name).iterdir())
             assert [p.name for p in pictures] == ["bus.png", "zidane.png"]
             assert pictures[0].read_bytes()[:4] == b"\x89PNG"
-    assert metrics["models"]["yolov8n"]["random_weights"] and metrics["models"]["ssdlite"]["random_weights"]
-    assert metrics["models"]["ssdlite"]["nms"] == "inside the model"
+    assert metrics["models"]["yolov8n"]["random_weights"] and metrics["models"]["yolov8n"]["params"] > 3e6
+    assert metrics["models"]["v5"]["nms"] == "torchvision batched_nms (timed)"
     for plot in ("map50_vs_inference_time", "map_vs_total_inference_time"):
         assert (det / "plots" / f"{plot}.png").read_bytes()[:4] == b"\x89PNG"
+    compress = json.loads((det / "metrics" / "detect_compress.json").read_text())
+    assert compress["calibration"] == {"images": 2, "disjoint_from_evaluation": False}  # the source has 2 images
+    assert set(compress["variants"]) == {"fp32", "onnx_fp32", "onnx_int8", "pruned", "fp16"}
+    assert "CUDA only" in compress["variants"]["fp16"]["skipped"]
+    assert compress["variants"]["pruned"]["params_after"] < compress["variants"]["pruned"]["params_before"]
+    for name in ("fp32", "onnx_fp32", "onnx_int8", "pruned"):
+        assert compress["variants"][name]["timing"]["images"] == 2
+    assert (det / "plots" / "compress_pareto.png").read_bytes()[:4] == b"\x89PNG"
+    assert sorted(p.name for p in (det / "models" / "compressed").iterdir()) == ["v5_fp32.onnx", "v5_int8.onnx"]
+    profile = json.loads((det / "metrics" / "detect_profile.json").read_text())
+    assert set(profile["models"]) == {"yolov8n", "v5"}
+    for name in profile["models"]:
+        assert (det / "metrics" / "profile" / f"{name}_ops.txt").is_file()
+        assert json.loads((det / "metrics" / "profile" / f"{name}_trace.json").read_text())
     report = (det / "REPORT.md").read_text()
+    assert "## Compressed variants" in report and "**of the evaluation subset**" in report and "## Profile" in report
     assert "yolov8n (random weights)" in report and "not judged: random weights" in report
     assert "up to date" in run(["dvc", "repro", "pipelines/detection/dvc.yaml"], repo_copy).stdout
 

@@ -21,6 +21,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import hashlib
+import importlib
 import io
 import logging
 import math
@@ -76,7 +77,7 @@ def import_yolov5(source: str | Path, out: str | Path) -> dict[str, Any]:
         raise EdgecompressError(f"detection.import.source={str(source)!r} not found: expected an original YOLOv5 "
                                 "checkpoint (e.g. yolov5n.pt from the ultralytics/yolov5 releases) at that path")
     try:
-        import yolov5.models.yolo  # noqa: F401 - puts YOLOv5's `models` package on sys.path for the pickle
+        importlib.import_module("yolov5.models.yolo")  # puts YOLOv5's `models` package on sys.path for the pickle
     except ImportError as exc:
         raise EdgecompressError(f"detect_import needs the `yolov5` package (pip install yolov5; it imports "
                                 f"pkg_resources, so setuptools<81): {exc}") from None
@@ -101,7 +102,7 @@ def import_yolov5(source: str | Path, out: str | Path) -> dict[str, Any]:
     return info
 
 
-def _build_yolov5(path: str | Path) -> tuple[nn.Module, list[str]]:
+def _build_yolov5(path: str | Path, fuse: bool = True) -> tuple[nn.Module, list[str]]:
     payload = load_torch(path, "imported YOLOv5 model")  # weights_only=True
     if not isinstance(payload, dict) or payload.get("format") != IMPORT_FORMAT:
         raise EdgecompressError(f"{path}: not a file written by detect_import (format {IMPORT_FORMAT}); "
@@ -112,9 +113,20 @@ def _build_yolov5(path: str | Path) -> tuple[nn.Module, list[str]]:
     with contextlib.redirect_stdout(io.StringIO()):
         model = DetectionModel(cfg=copy.deepcopy(payload["yaml"]), ch=3, nc=len(payload["classes"]))
     model.load_state_dict(payload["state_dict"], strict=True)
-    with contextlib.redirect_stdout(io.StringIO()):
-        model = model.fuse()  # Conv+BN folded, as YOLOv5 runs inference
+    if fuse:
+        model = fuse_yolov5(model)
     return model.eval(), list(payload["classes"])
+
+
+def fuse_yolov5(model: nn.Module) -> nn.Module:
+    """Conv+BN folded, as YOLOv5 runs inference (its own `fuse`, quietly)."""
+    with contextlib.redirect_stdout(io.StringIO()):
+        return model.fuse().eval()
+
+
+def unfused_yolov5(path: str | Path) -> nn.Module:
+    """The imported YOLOv5 network with its BatchNorm layers (for pruning, which must see them)."""
+    return _build_yolov5(path, fuse=False)[0]
 
 
 # ----------------------------------------------------------------------------------------------
@@ -254,7 +266,7 @@ def read_image(path: str | Path) -> Image.Image:
     try:
         with Image.open(path) as image:
             return image.convert("RGB")
-    except (OSError, ValueError) as exc:
+    except (OSError, ValueError, ImportError) as exc:  # ImportError: ultralytics patches Image.open (HEIF)
         raise EdgecompressError(f"{path}: cannot read image ({exc})") from None
 
 
@@ -288,7 +300,7 @@ def decode_yolo(raw: Any, family: str) -> list[tuple[torch.Tensor, torch.Tensor,
     return rows
 
 
-def _class_map(model_classes: Sequence[str], dataset_classes: Sequence[str]) -> torch.Tensor:
+def model_to_dataset_classes(model_classes: Sequence[str], dataset_classes: Sequence[str]) -> torch.Tensor:
     """Model class index -> data set class index by name; -1 where the data set lacks the class."""
     index = {name: i for i, name in enumerate(dataset_classes)}
     return torch.tensor([index.get(name, -1) for name in model_classes], dtype=torch.long)
@@ -389,9 +401,9 @@ def run_detector(detector: Detector, image_paths: Sequence[Path], dataset_classe
         for _ in range(warmup_batches):
             predict_batch(detector, first, timer=BlockTimer(detector.device), conf_threshold=conf_threshold,
                           iou_threshold=iou_threshold, max_det=max_det,
-                          class_map=_class_map(detector.classes, dataset_classes))
+                          class_map=model_to_dataset_classes(detector.classes, dataset_classes))
     timer = BlockTimer(detector.device)
-    class_map = _class_map(detector.classes, dataset_classes)
+    class_map = model_to_dataset_classes(detector.classes, dataset_classes)
     preds: list[dict[str, torch.Tensor]] = []
     for start in range(0, len(image_paths), batch_size):
         chunk = image_paths[start:start + batch_size]
@@ -414,3 +426,39 @@ def run_detector(detector: Detector, image_paths: Sequence[Path], dataset_classe
               "images_per_s": round(count / (total_ms / 1e3), 3) if total_ms else None,
               "peak_memory_mb": round(summary["_peak_memory_mb"], 1)}
     return preds, timing
+
+
+def evaluate_detector(detector: Detector, ds: Any, *, batch_size: int, conf_threshold: float,
+                      map_conf_threshold: float, iou_threshold: float, max_det: int, warmup_batches: int,
+                      agreement_points: float) -> tuple[dict[str, Any], list[dict[str, torch.Tensor]]]:
+    """One timed pass of `detector` over the data set `ds` (`detect_data.DetectionDataset`) and every
+    metric of it: mAP (torchmetrics, cross-checked with pycocotools), the operating point at
+    `conf_threshold`, and the block times.
+
+    One pass at the low `map_conf_threshold` serves both: NMS keeps the same boxes above
+    `conf_threshold` whether it ran at that threshold or a lower one (a box is only suppressed by
+    higher-scoring ones).
+
+    Returns:
+        (row for the metrics JSON, the predictions at `conf_threshold` per image).
+    """
+    from edgecompress import detect_metrics
+
+    paths = [Path(ds.images_dir) / image.file_name for image in ds.images]
+    preds, timing = run_detector(detector, paths, ds.classes, batch_size=batch_size, conf_threshold=map_conf_threshold,
+                                 iou_threshold=iou_threshold, max_det=max_det, warmup_batches=warmup_batches)
+    evaluation = detect_metrics.evaluate_detections(ds, preds, tolerance_points=agreement_points)
+    deployed = [{key: value[pred["scores"] >= conf_threshold] for key, value in pred.items()} for pred in preds]
+    operating = detect_metrics.precision_recall_f1(deployed, ds.images)
+    row = {"map": evaluation["torchmetrics"]["map"], "map_50": evaluation["torchmetrics"]["map_50"],
+           "torchmetrics": evaluation["torchmetrics"], "pycocotools": evaluation["pycocotools"],
+           "agreement": evaluation["agreement"], "operating_point": {"conf_threshold": conf_threshold, **operating},
+           "pred_boxes_for_map": evaluation["pred_boxes"], "timing": timing}
+    return row, deployed
+
+
+def evaluation_settings(params: Any) -> dict[str, Any]:
+    """`evaluate_detector`'s keyword arguments from the `detection` params block."""
+    return {"conf_threshold": params.conf_threshold, "map_conf_threshold": params.map_conf_threshold,
+            "iou_threshold": params.iou_threshold, "max_det": params.max_det,
+            "warmup_batches": params.warmup_batches, "agreement_points": params.map_agreement_points}

@@ -201,7 +201,7 @@ def _image_size(path: Path) -> tuple[int, int]:
             return image.size
     except FileNotFoundError:
         raise EdgecompressError(f"image {path} not found") from None
-    except OSError as exc:
+    except (OSError, ImportError) as exc:  # ImportError: ultralytics patches Image.open (HEIF plugin)
         raise EdgecompressError(f"image {path} cannot be read ({exc})") from None
 
 

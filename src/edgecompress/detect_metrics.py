@@ -366,7 +366,7 @@ def draw_detections(image_path: str | Path, gt: ImageAnnotation, pred: Predictio
     try:
         with Image.open(image_path) as opened:
             pixels = np.asarray(opened.convert("RGB"))
-    except (UnidentifiedImageError, OSError) as exc:
+    except (UnidentifiedImageError, OSError, ImportError) as exc:  # ImportError: ultralytics' patched open
         raise EdgecompressError(f"detection image {image_path} cannot be read ({exc}): expected a "
                                 "JPEG/PNG image") from None
     height, width = pixels.shape[:2]

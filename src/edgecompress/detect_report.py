@@ -9,23 +9,17 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
-import torch  # noqa: E402
 
 from edgecompress.io import read_json, write_text  # noqa: E402
 from edgecompress.plots import save_figure  # noqa: E402
 
 PLOT_FILES = {"map50": "map50_vs_inference_time.png", "map": "map_vs_total_inference_time.png"}
+PARETO_FILE = "compress_pareto.png"
 # Published COCO val2017 figures at 640 px (ultralytics/yolov5 v6.1+ README): (mAP@.5:.95, mAP@.5)
 PUBLISHED = {"yolov5n": (28.0, 45.7), "yolov5s": (37.4, 56.8), "yolov5m": (45.4, 64.1), "yolov5l": (49.0, 67.3),
              "yolov5x": (50.7, 68.9)}
 MAP50_BAND = 0.35  # a real yolov5n scores at least this on COCO images (issue #7's plausibility band)
 MARKERS = ("o", "s", "^", "D", "v", "P")
-
-
-def above(pred: dict[str, torch.Tensor], conf_threshold: float) -> dict[str, torch.Tensor]:
-    """The detections of one image scoring at least `conf_threshold`."""
-    keep = pred["scores"] >= conf_threshold
-    return {key: value[keep] for key, value in pred.items()}
 
 
 def _points(metrics: dict[str, Any], time_key: str, map_key: str) -> dict[str, list[tuple[int, float, float]]]:
@@ -74,6 +68,64 @@ def write_plots(metrics: dict[str, Any], plots_dir: str | Path) -> dict[str, str
     return {key: str(plots_dir / name) for key, name in PLOT_FILES.items()}
 
 
+def pareto_front(points: dict[str, tuple[float, float]]) -> list[str]:
+    """Names not dominated by another point (lower-or-equal time and higher-or-equal mAP, one strictly)."""
+    front = []
+    for name, (t, m) in points.items():
+        if not any((t2 <= t and m2 >= m) and (t2 < t or m2 > m) for other, (t2, m2) in points.items() if other != name):
+            front.append(name)
+    return sorted(front, key=lambda n: points[n][0])
+
+
+def plot_pareto(compress: dict[str, Any], path: str | Path) -> None:
+    """mAP@.5 against inference time per image for every measured variant, the Pareto front joined."""
+    points = {name: (v["timing"]["inference_ms_per_image"], v["map_50"])
+              for name, v in compress["variants"].items() if "skipped" not in v}
+    fig, ax = plt.subplots(figsize=(6.5, 4.5))
+    for (name, (t, m)), colour in zip(points.items(), plt.cm.tab10.colors):
+        ax.plot(t, m, "o", color=colour, markersize=8)
+        ax.annotate(name, (t, m), textcoords="offset points", xytext=(5, 5), fontsize=8)
+    front = pareto_front(points)
+    ax.plot([points[n][0] for n in front], [points[n][1] for n in front], "--", color="grey", alpha=0.6,
+            label="Pareto front")
+    suffix = " (random weights)" if compress.get("random_weights") else ""
+    ax.set_xlabel(f"inference time per image (ms, batch {compress['batch_size']}, {compress['device']})")
+    ax.set_ylabel("mAP@.5")
+    ax.set_title(f"{compress['model']}{suffix}: variants on {compress['images']} images", fontsize=10)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    save_figure(fig, path)
+
+
+def _compress_section(compress: dict[str, Any], plots_dir: Path, report_dir: Path) -> list[str]:
+    out = ["## Compressed variants", "",
+           f"`detect_compress`: {compress['model']}" + (" (random weights)" if compress.get("random_weights") else "")
+           + f" at batch {compress['batch_size']} on {compress['device']}; INT8 calibrated on "
+           f"{compress['calibration']['images']} images "
+           + ("outside the evaluation subset" if compress["calibration"]["disjoint_from_evaluation"]
+              else "**of the evaluation subset** (the source has no other images)")
+           + ". Each variant runs the same "
+           "pre-processing, NMS and post-processing; only the model block differs.", ""]
+    rows = []
+    points = {n: (v["timing"]["inference_ms_per_image"], v["map_50"])
+              for n, v in compress["variants"].items() if "skipped" not in v}
+    front = set(pareto_front(points))
+    for name, v in compress["variants"].items():
+        if "skipped" in v:
+            rows.append([f"`{name}`", "skipped: " + v["skipped"], *[None] * 8])
+            continue
+        model_ms = v["timing"]["blocks"]["model"]["per_image_ms"]
+        rows.append([f"`{name}`", v["method"], _fmt(v["map"]), _fmt(v["map_50"]), _fmt(v["pycocotools"]["map_50"]),
+                     f"{model_ms:.1f}", f"{v['timing']['inference_ms_per_image']:.1f}",
+                     f"{v['params'] / 1e6:.2f}" if v.get("params") else None, v.get("size_mb"),
+                     "yes" if name in front else ""])
+    out += _table(["Variant", "Method", "mAP", "mAP@.5", "COCOeval mAP@.5", "Model ms", "Inference ms", "Params (M)",
+                   "File MB", "Pareto"], rows)
+    pareto = plots_dir / PARETO_FILE
+    link = pareto.relative_to(report_dir) if pareto.is_relative_to(report_dir) else pareto
+    return out + [f"![Pareto: mAP@.5 vs inference time]({link})", ""]
+
+
 def _fmt(value: float | None, scale: float = 100.0, digits: int = 1) -> str:
     return "—" if value is None else f"{value * scale:.{digits}f}"
 
@@ -95,7 +147,8 @@ def published_for(entry: dict[str, Any]) -> tuple[float, float] | None:
 
 
 def render_report(metrics: dict[str, Any], data: dict[str, Any], imported: dict[str, Any] | None,
-                  plots: dict[str, str], report_dir: str | Path) -> str:
+                  plots: dict[str, str], report_dir: str | Path, profile: dict[str, Any] | None = None,
+                  compress: dict[str, Any] | None = None, plots_dir: str | Path = "plots") -> str:
     """REPORT.md text: data, per model × batch size accuracy and time, agreement, goals, plots."""
     report_dir = Path(report_dir)
     out = ["# edgecompress detection report", "",
@@ -147,16 +200,37 @@ def render_report(metrics: dict[str, Any], data: dict[str, Any], imported: dict[
     for key, caption in (("map50", "mAP@.5 vs inference time"), ("map", "mAP vs total time")):
         if key in plots:
             out += [f"![{caption}]({Path(plots[key]).relative_to(report_dir) if Path(plots[key]).is_relative_to(report_dir) else plots[key]})", ""]
+    if compress:
+        out += _compress_section(compress, Path(plots_dir), report_dir)
+    if profile:
+        out += _profile_section(profile)
     env = metrics.get("environment", {})
     out += ["## Environment", "", f"{env.get('cpu')} ({env.get('logical_cores')} logical cores), device "
             f"{env.get('device')}, torch {env.get('torch')}, Python {env.get('python')}.", ""]
     return "\n".join(out).rstrip() + "\n"
 
 
+def _profile_section(profile: dict[str, Any]) -> list[str]:
+    out = ["## Profile", "", f"`detect_profile` on {profile.get('device')}: operator tables and Chrome traces "
+           "(open in ui.perfetto.dev) under `metrics/profile/`.", ""]
+    rows = []
+    for name, entry in profile["models"].items():
+        ops = ", ".join(f"{op['name']} {op.get('self_cpu_ms', op.get('self_cuda_ms'))} ms"
+                        for op in entry["profile"]["top_ops"][:3])
+        rows.append([name, entry["batch_size"], f"{entry['inference_ms_per_image']:.1f}",
+                     f"{entry['peak_memory_mb']:.0f} ({entry['peak_memory_kind']})", ops,
+                     f"`{Path(entry['profile']['table']).name}`"])
+    return out + _table(["Model", "Batch", "Inference ms/image", "Peak memory MB", "Top operators (self time per batch)",
+                         "Table"], rows)
+
+
 def build_report(metrics_path: str | Path, data_path: str | Path, import_path: str | Path | None,
-                 plots_dir: str | Path, out: str | Path) -> None:
+                 plots_dir: str | Path, out: str | Path, profile_path: str | Path | None = None,
+                 compress_path: str | Path | None = None) -> None:
     """Read the metrics files and write REPORT.md atomically."""
     metrics, data = read_json(metrics_path), read_json(data_path)
     imported = read_json(import_path) if import_path and Path(import_path).is_file() else None
+    profile = read_json(profile_path) if profile_path and Path(profile_path).is_file() else None
+    compress = read_json(compress_path) if compress_path and Path(compress_path).is_file() else None
     plots = {key: str(Path(plots_dir) / name) for key, name in PLOT_FILES.items()}
-    write_text(out, render_report(metrics, data, imported, plots, Path(out).parent))
+    write_text(out, render_report(metrics, data, imported, plots, Path(out).parent, profile, compress, plots_dir))

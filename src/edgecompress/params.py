@@ -352,6 +352,42 @@ class DetectionImportParams:
 
 
 @dataclass(frozen=True)
+class DetectionProfileParams:
+    """detect_profile: torch.profiler tables and traces of each detector on a few images."""
+
+    images: int = 8  # first images of the subset
+    batch_size: int = 4
+    iterations: int = 3  # profiled batches (after 1 warm-up)
+    top: int = 25  # rows of the operator tables
+
+    def __post_init__(self) -> None:
+        for key in ("images", "batch_size", "iterations", "top"):
+            check(getattr(self, key) >= 1, key, getattr(self, key), "must be an integer >= 1")
+
+
+DETECTION_VARIANTS = ("fp32", "onnx_fp32", "onnx_int8", "pruned", "fp16")
+
+
+@dataclass(frozen=True)
+class DetectionCompressParams:
+    """detect_compress: compressed variants of one YOLO detector, evaluated like detect_eval."""
+
+    model: str = "yolov5n"  # a key of detection.models (YOLO families)
+    variants: tuple[str, ...] = DETECTION_VARIANTS
+    batch_size: int = 1
+    calibration_images: int = 16  # INT8 calibration, drawn from source images outside the subset
+    prune_ratio: float = 0.05  # channels removed per backbone/neck layer (no fine-tuning)
+
+    def __post_init__(self) -> None:
+        check(bool(self.variants) and all(v in DETECTION_VARIANTS for v in self.variants)
+              and len(set(self.variants)) == len(self.variants), "variants", list(self.variants),
+              f"must be a list of distinct: {', '.join(DETECTION_VARIANTS)}")
+        check(self.batch_size >= 1, "batch_size", self.batch_size, "must be an integer >= 1")
+        check(self.calibration_images >= 1, "calibration_images", self.calibration_images, "must be an integer >= 1")
+        check(0 < self.prune_ratio < 1, "prune_ratio", self.prune_ratio, "must be a number in (0, 1)")
+
+
+@dataclass(frozen=True)
 class DetectionParams:
     data: DetectionDataParams = field(default_factory=DetectionDataParams)
     subset_images: int | None = 32  # seeded subset cut by detection_data; null = all
@@ -369,6 +405,8 @@ class DetectionParams:
     max_det: int = 300
     map_agreement_points: float = 0.5  # torchmetrics vs pycocotools tolerance
     visualize: int = 8  # images drawn per batch size
+    profile: DetectionProfileParams = field(default_factory=DetectionProfileParams)
+    compress: DetectionCompressParams = field(default_factory=DetectionCompressParams)
 
     def __post_init__(self) -> None:
         check(self.subset_images is None or self.subset_images >= 1, "subset_images", self.subset_images,
@@ -385,6 +423,9 @@ class DetectionParams:
         check(self.max_det >= 1, "max_det", self.max_det, "must be an integer >= 1")
         check(self.map_agreement_points > 0, "map_agreement_points", self.map_agreement_points, "must be > 0")
         check(self.visualize >= 0, "visualize", self.visualize, "must be an integer >= 0")
+        chosen = self.models.get(self.compress.model)
+        check(chosen is not None and chosen.family != "torchvision", "compress.model", self.compress.model,
+              f"must be a YOLO-family key of detection.models ({', '.join(self.models)})")
 
 
 @dataclass(frozen=True)

@@ -33,7 +33,7 @@ import warnings
 import zipfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Iterable, Iterator
+from typing import Any, Iterable, Iterator, Sequence
 
 import torch
 import torch.nn as nn
@@ -440,8 +440,15 @@ def _make_reader(input_name: str, calib: torch.Tensor, batch_size: int) -> Any:
 
 
 def quantize_onnx_static(fp32_path: str | Path, out_path: str | Path, calib: torch.Tensor, *,
-                         per_channel: bool = True, batch_size: int = 64) -> None:
-    """ONNX Runtime static INT8 (QDQ, int8 weights, uint8 activations, MinMax calibration)."""
+                         per_channel: bool = True, batch_size: int = 64,
+                         op_types: Sequence[str] | None = None) -> None:
+    """ONNX Runtime static INT8 (QDQ, int8 weights, uint8 activations, MinMax calibration).
+
+    Args:
+        op_types: only these ONNX op types are quantized (None = ORT's default set). Detectors pass
+            ["Conv"]: their decode tail concatenates pixel coordinates (0..640) with probabilities
+            (0..1) in one tensor, which a single uint8 scale would flatten to zero.
+    """
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
@@ -460,7 +467,8 @@ def quantize_onnx_static(fp32_path: str | Path, out_path: str | Path, calib: tor
             quantize_static(source, out, _make_reader(input_name, calib, batch_size),
                             quant_format=QuantFormat.QDQ, per_channel=per_channel,
                             weight_type=QuantType.QInt8, activation_type=QuantType.QUInt8,
-                            calibrate_method=CalibrationMethod.MinMax)
+                            calibrate_method=CalibrationMethod.MinMax,
+                            op_types_to_quantize=list(op_types) if op_types else None)
         publish(out, out_path)
     log.info("ONNX INT8 (QDQ, per_channel=%s): calibrated on %d samples", per_channel, len(calib))
 

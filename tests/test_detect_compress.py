@@ -1,0 +1,93 @@
+"""Tests of the detector compression helpers (the variants themselves run in the pipeline smoke test)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from edgecompress import EdgecompressError
+from edgecompress.detect import load_detector
+from edgecompress.detect_compress import (RawHead, calibration_paths, fp16_variant, head_output_convs,
+                                          pruned_variant)
+from edgecompress.detect_data import DetectionDataset, ImageAnnotation
+from edgecompress.detect_report import pareto_front
+
+CLASSES = ["person", "bicycle", "car"]
+
+
+def fake_dataset(root: Path, names: list[str]) -> DetectionDataset:
+    images = [ImageAnnotation(i + 1, name, 64, 48, np.zeros((0, 4)), np.zeros(0, dtype=np.int64),
+                              np.zeros(0, dtype=bool)) for i, name in enumerate(names)]
+    return DetectionDataset(root, list(CLASSES), images, [1, 2, 3])
+
+
+def test_calibration_never_uses_evaluated_images_when_others_exist(tmp_path: Path) -> None:
+    source = fake_dataset(tmp_path, [f"{i}.jpg" for i in range(10)])
+    subset = fake_dataset(tmp_path, ["1.jpg", "4.jpg", "7.jpg"])
+    paths, disjoint = calibration_paths(source, subset, 5, seed=0)
+    assert disjoint and len(paths) == 5 and not {p.name for p in paths} & {"1.jpg", "4.jpg", "7.jpg"}
+    assert calibration_paths(source, subset, 5, seed=0)[0] == paths  # seeded
+    everything, disjoint = calibration_paths(source, source, 3, seed=0)
+    assert not disjoint and len(everything) == 3  # no other image: the subset calibrates, flagged
+
+
+def test_pareto_front() -> None:
+    points = {"fp32": (100.0, 0.60), "int8": (40.0, 0.58), "pruned": (70.0, 0.30), "slow_bad": (120.0, 0.2)}
+    assert pareto_front(points) == ["int8", "fp32"]
+
+
+def test_pruning_keeps_the_head_layout_and_removes_backbone_channels(tmp_path: Path) -> None:
+    from edgecompress.detect import import_yolov5
+    from test_detect import write_yolov5_checkpoint
+
+    import_yolov5(write_yolov5_checkpoint(tmp_path / "v5.pt"), tmp_path / "v5.safe.pt")
+    detector = load_detector("v5", family="yolov5", arch=None, weights=str(tmp_path / "v5.safe.pt"),
+                             dataset_classes=CLASSES, imgsz=64)
+    head = head_output_convs(detector.model)
+    assert len(head) == 3 and all(isinstance(m, torch.nn.Conv2d) for m in head)  # one per stride
+    x = torch.rand(1, 3, 64, 64)
+    before = sum(p.numel() for p in detector.model.parameters())
+    pruned, info = pruned_variant(detector, 0.3, x)
+    assert info["params_after"] < info["params_before"] and info["mac_ratio_removed"] > 0.1
+    with torch.no_grad():
+        assert RawHead(pruned.model)(x).shape == RawHead(detector.model)(x).shape  # same boxes/classes layout
+    assert sum(p.numel() for p in pruned.model.parameters()) < before  # fused again, narrower
+    assert sum(p.numel() for p in detector.model.parameters()) == before  # original untouched
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in pruned.model.modules())
+    with pytest.raises(EdgecompressError, match="no YOLO Detect head"):
+        head_output_convs(torch.nn.Sequential(torch.nn.Conv2d(3, 3, 1)))
+
+
+def test_pruning_an_unsupported_graph_is_a_skip_with_the_reason() -> None:
+    detector = load_detector("m", family="ultralytics", arch="yolov8n.yaml", weights=None, dataset_classes=CLASSES,
+                             imgsz=64)
+    variant, info = pruned_variant(detector, 0.3, torch.rand(1, 3, 64, 64))
+    assert variant is None and info["skipped"].startswith("Torch-Pruning could not prune yolov8n.yaml (")
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the CPU behaviour")
+def test_fp16_is_skipped_with_the_reason_on_cpu() -> None:
+    detector = load_detector("m", family="ultralytics", arch="yolov8n.yaml", weights=None, dataset_classes=CLASSES,
+                             imgsz=64)
+    variant, info = fp16_variant(detector)
+    assert variant is None and "CUDA only" in info["skipped"]
+
+
+def test_onnx_variants_match_the_eager_model(tmp_path: Path) -> None:
+    from edgecompress.detect_compress import onnx_variants
+
+    torch.manual_seed(0)
+    detector = load_detector("m", family="ultralytics", arch="yolov8n.yaml", weights=None, dataset_classes=CLASSES,
+                             imgsz=64)
+    calib = torch.rand(4, 3, 64, 64)
+    built = onnx_variants(detector, tmp_path, calib, threads=1)
+    x = torch.rand(2, 3, 64, 64)
+    with torch.no_grad():
+        eager = RawHead(detector.model)(x)
+    torch.testing.assert_close(built["onnx_fp32"][0].model(x), eager, atol=1e-3, rtol=1e-3)
+    int8 = built["onnx_int8"][0].model(x)
+    assert int8.shape == eager.shape and built["onnx_int8"][1]["size_mb"] < built["onnx_fp32"][1]["size_mb"]
+    assert {p.name for p in tmp_path.glob("*.onnx")} == {"m_fp32.onnx", "m_int8.onnx"}
