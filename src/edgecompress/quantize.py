@@ -455,15 +455,17 @@ def quantize_onnx_static(fp32_path: str | Path, out_path: str | Path, calib: tor
     out_path = Path(out_path)
     out_path.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=out_path.parent, prefix=f".{out_path.name}.") as tmp:
-        source, pre, out = str(fp32_path), os.path.join(tmp, "pre.onnx"), os.path.join(tmp, "int8.onnx")
+        tmp = os.path.abspath(tmp)  # the ORT calls below run with it as the cwd
+        source, pre, out = os.path.abspath(fp32_path), os.path.join(tmp, "pre.onnx"), os.path.join(tmp, "int8.onnx")
         try:  # shape inference + graph cleanup: ORT quantizes more ops with it, and warns without
-            with _quiet():
+            # inside the temporary folder: ORT's symbolic shape inference leaves scratch files in the cwd
+            with _quiet(), contextlib.chdir(tmp):
                 quant_pre_process(source, pre)
             source = pre
         except Exception as exc:  # noqa: BLE001 - optional step
             log.warning("onnx quant_pre_process failed (%s); quantizing the raw export", exc)
         input_name = _onnx_input_name(source)
-        with _quiet():
+        with _quiet(), contextlib.chdir(tmp):
             quantize_static(source, out, _make_reader(input_name, calib, batch_size),
                             quant_format=QuantFormat.QDQ, per_channel=per_channel,
                             weight_type=QuantType.QInt8, activation_type=QuantType.QUInt8,
