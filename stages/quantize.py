@@ -1,17 +1,22 @@
 """Stage `quantize`: every quantized variant of the pruned model as a self-contained artifact
 (TorchScript or ONNX, loadable without edgecompress), each reloaded from disk and evaluated on the test
-split: accuracy, agreement with FP32, size, quantized vs float layers, settings."""
+split: accuracy, agreement with FP32, size, quantized vs float layers, settings.
 
+With `train.nproc > 1` the stage runs under torchrun: quantization-aware training is data-parallel
+(DistributedDataParallel over the ranks, as in the training stages); rank 0 alone builds the other
+variants, measures them and writes every output, the other ranks only join the QAT epochs."""
+
+import contextlib
 from dataclasses import asdict
 from functools import partial
 
-from edgecompress import EdgecompressError
+from edgecompress import EdgecompressError, distributed
 from edgecompress import quantize as q
 from edgecompress.data import load_meta, make_loader
 from edgecompress.distill import hard_label_loss
 from edgecompress.io import file_size_mb, write_json
 from edgecompress.models import load_checkpoint
-from edgecompress.pipeline import EVAL_BATCH_SIZE, log, read_params, run_stage, stage_args
+from edgecompress.pipeline import EVAL_BATCH_SIZE, log, read_training_params, run_stage, stage_args
 from edgecompress.train import evaluate, fit, seed_everything
 
 
@@ -19,7 +24,7 @@ def main() -> None:
     args = stage_args(__doc__, {"data": "prepared data directory", "pruned": "pruned checkpoint",
                                 "out_dir": "directory for the artifacts", "metrics": "metrics JSON to write",
                                 "live": "dvclive directory (QAT curves)"})
-    params = read_params(args.params)
+    params = read_training_params(args.params)  # train.nproc > 1: re-run under torchrun (QAT data-parallel)
     cfg, recipe, seed = params.quantize.config(), params.train, params.quantize.seed
     meta = load_meta(args.data)
     if cfg.calibration_samples > meta["splits"]["train"]:
@@ -30,14 +35,6 @@ def main() -> None:
     loader = partial(make_loader, args.data, seed=seed)
     calib = q.calibration_tensors(loader("train", batch_size=cfg.calibration_batch_size, train=False),
                                   cfg.calibration_samples)
-    evaluate_fn = partial(evaluate, loader=loader("test", batch_size=EVAL_BATCH_SIZE, train=False),
-                          num_classes=meta["num_classes"])
-    fp32 = evaluate_fn(model)
-    fp32_path = q.artifact_path(args.out_dir, "fp32")
-    q.save_torchscript(model, calib[:2], fp32_path, metadata={"variant": "fp32"})
-    fp32_mb = file_size_mb(fp32_path)
-    results = {"fp32": {"accuracy": round(fp32["accuracy"], 6), "size_mb": round(fp32_mb, 4),
-                        "weights_mb": round(q.weights_payload_bytes(fp32_path) / 1e6, 4), "artifact": fp32_path.name}}
 
     def qat_train(prepared) -> None:  # the shared training loop, observers/BN frozen for the last epochs
         from dvclive import Live
@@ -48,11 +45,27 @@ def main() -> None:
             if epoch == cfg.qat_freeze_bn_epoch:
                 q.freeze_qat_bn(m)
 
-        with Live(dir=args.live, save_dvc_exp=False, dvcyaml=None, report=None) as live:
+        helper = distributed.is_helper_rank()
+        with contextlib.nullcontext() if helper else Live(dir=args.live, save_dvc_exp=False, dvcyaml=None,
+                                                          report=None) as live:
             fit(prepared, loader("train", batch_size=recipe.batch_size, train=True, augment=asdict(recipe.augment)),
                 loader("val", batch_size=EVAL_BATCH_SIZE, train=False), loss_fn=hard_label_loss,
                 num_classes=meta["num_classes"], epochs=cfg.qat_epochs, lr=cfg.qat_lr, momentum=recipe.momentum,
-                weight_decay=recipe.weight_decay, schedule=recipe.schedule, logger=live, epoch_hook=freeze, desc="qat")
+                weight_decay=recipe.weight_decay, schedule=recipe.schedule, logger=live, epoch_hook=freeze,
+                desc="qat", seed=seed, sync_batchnorm=recipe.sync_batchnorm)
+
+    if distributed.is_helper_rank():  # ranks > 0 take part in the QAT epochs only; rank 0 writes everything
+        if "qat" in q.variant_names(cfg) and cfg.qat_epochs > 0:
+            qat_train(q.prepare_qat(model, calib[:2], backend="x86"))
+        return
+    evaluate_fn = partial(evaluate, loader=loader("test", batch_size=EVAL_BATCH_SIZE, train=False),
+                          num_classes=meta["num_classes"])
+    fp32 = evaluate_fn(model)
+    fp32_path = q.artifact_path(args.out_dir, "fp32")
+    q.save_torchscript(model, calib[:2], fp32_path, metadata={"variant": "fp32"})
+    fp32_mb = file_size_mb(fp32_path)
+    results = {"fp32": {"accuracy": round(fp32["accuracy"], 6), "size_mb": round(fp32_mb, 4),
+                        "weights_mb": round(q.weights_payload_bytes(fp32_path) / 1e6, 4), "artifact": fp32_path.name}}
 
     for name in q.variant_names(cfg):
         if name == "qat" and cfg.qat_epochs == 0:
@@ -66,6 +79,8 @@ def main() -> None:
             continue
         results[name] = q.measure_variant(name, path, built, config=cfg, evaluate_fn=evaluate_fn, fp32=fp32,
                                           fp32_size_mb=fp32_mb)
+        if name == "qat":
+            results[name]["processes"] = distributed.world_size()  # data-parallel QAT ranks
         if name == "onnx_fp32":
             results[name]["max_abs_logit_diff_vs_torch"] = q.onnx_max_abs_diff(path, model, calib[:64])
         log.info("%s: accuracy %.4f (FP32 %.4f), %.3f MB", name, results[name]["accuracy"], fp32["accuracy"],

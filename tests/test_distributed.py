@@ -99,6 +99,22 @@ def test_two_process_teacher_then_failure_on_rank_1(tmp_path: Path) -> None:
     steps = (work / "live-teacher" / "plots" / "metrics" / "val" / "accuracy.tsv").read_text().splitlines()
     assert len(steps) == 1 + 2  # header + one row per epoch: one writer, not two
 
+    # QAT data-parallel: the quantize stage under torchrun (rank 0 writes, the other rank joins QAT only)
+    qat_params = tmp_path / "params-qat.yaml"
+    qat_params.write_text(yaml.safe_dump(deep_update(yaml.safe_load((tmp_path / "params-2.yaml").read_text()),
+                                                     {"quantize": {"variants": ["qat"], "qat_epochs": 1}})))
+    proc = subprocess.run([sys.executable, str(ROOT / "stages" / "quantize.py"), "--params", str(qat_params),
+                           "--data", "data", "--pruned", "teacher.pt", "--out-dir", "quantized",
+                           "--metrics", "quantize.json", "--live", "live-qat"],
+                          cwd=work, env={**tool_env(), "OMP_NUM_THREADS": "1"}, capture_output=True, text=True,
+                          timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    qat = json.loads((work / "quantize.json").read_text())["variants"]["qat"]
+    assert qat["processes"] == 2 and abs(qat["accuracy"] - two["accuracy"]) <= 0.15
+    assert (work / "quantized" / qat["artifact"]).is_file()
+    qat_rows = (work / "live-qat" / "plots" / "metrics" / "val" / "accuracy.tsv").read_text().splitlines()
+    assert len(qat_rows) == 1 + 1  # header + one epoch, written once
+
     before = {p: p.read_bytes() for p in (work / "teacher.json", work / "teacher.pt")}
     failed = stage(work, tmp_path / "params-2.yaml", "teacher", {distributed.FAIL_RANK_ENV: "1"})
     assert failed.returncode != 0

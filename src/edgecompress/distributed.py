@@ -64,6 +64,12 @@ def rank() -> int:
     return dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
 
 
+def is_helper_rank() -> bool:
+    """A torchrun rank other than 0, known from the launcher's environment before any process group
+    exists (stages whose main work is not training use it to join only the training part)."""
+    return under_torchrun() and int(os.environ.get("RANK", "0")) != 0
+
+
 def is_main_process() -> bool:
     """Rank 0 (or the only process): the one that writes checkpoints, metrics, plots and logs."""
     return rank() == 0
