@@ -35,7 +35,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from edgecompress import EdgecompressError
+from edgecompress import EdgecompressError, first_line
 from edgecompress.io import atomic_path, publish, write_text
 
 log = logging.getLogger(__name__)
@@ -614,8 +614,7 @@ def load_predict(spec: VariantSpec, *, threads: int, example: torch.Tensor | Non
             for b in batch_sizes:
                 predict_compiled(_take_batch(example, int(b)).to(dev))
         except Exception as exc:  # noqa: BLE001 - inductor raises many types (missing compiler, ...)
-            first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
-            raise CompileUnavailable(f"variant {spec.name}: torch.compile failed ({first})") from None
+            raise CompileUnavailable(f"variant {spec.name}: torch.compile failed ({first_line(exc)})") from None
         info["compile_s"] = round(time.perf_counter() - start, 3)
     return predict_compiled, info
 

@@ -34,7 +34,7 @@ import torch
 import torch.nn as nn
 from PIL import Image
 
-from edgecompress import EdgecompressError
+from edgecompress import EdgecompressError, first_line
 from edgecompress.bench import BlockTimer
 from edgecompress.io import load_torch, save_torch
 
@@ -85,7 +85,7 @@ def import_yolov5(source: str | Path, out: str | Path) -> dict[str, Any]:
     try:
         ckpt = torch.load(source, map_location="cpu", weights_only=False)  # trusted by the user: see docstring
     except Exception as exc:  # noqa: BLE001 - unpickling raises many types
-        raise EdgecompressError(f"{source}: not a loadable YOLOv5 checkpoint ({str(exc).splitlines()[0][:160]})") from None
+        raise EdgecompressError(f"{source}: not a loadable YOLOv5 checkpoint ({first_line(exc, 160)})") from None
     model = ckpt.get("ema") or ckpt.get("model") if isinstance(ckpt, dict) else None
     if model is None or not hasattr(model, "yaml") or not hasattr(model, "names"):
         raise EdgecompressError(f"{source}: not a YOLOv5 detection checkpoint (no 'model' with yaml and names)")
@@ -190,7 +190,7 @@ def _torchvision(arch: str, weights: str | None, classes: Sequence[str]) -> tupl
             model.load_state_dict(state, strict=True)
         except RuntimeError as exc:
             raise EdgecompressError(f"{weights}: does not fit torchvision {arch} with 91 COCO classes "
-                                    f"({str(exc).splitlines()[0][:120]})") from None
+                                    f"({first_line(exc, 120)})") from None
         source = str(weights)
     return model, list(classes), source
 

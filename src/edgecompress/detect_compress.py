@@ -19,7 +19,7 @@ from typing import Any, Sequence
 import torch
 import torch.nn as nn
 
-from edgecompress import EdgecompressError
+from edgecompress import EdgecompressError, first_line
 from edgecompress.detect import Detector, letterbox, read_image
 
 log = logging.getLogger(__name__)
@@ -134,8 +134,8 @@ def pruned_variant(detector: Detector, ratio: float, example: torch.Tensor) -> t
     except EdgecompressError:
         raise
     except Exception as exc:  # noqa: BLE001 - torch-pruning raises many types on unsupported graphs
-        first = str(exc).strip().splitlines()[0][:160] if str(exc).strip() else type(exc).__name__
-        return None, {"skipped": f"Torch-Pruning could not prune {detector.arch} ({type(exc).__name__}: {first})"}
+        return None, {"skipped": f"Torch-Pruning could not prune {detector.arch} "
+                                 f"({type(exc).__name__}: {first_line(exc, 160)})"}
     model = fuse_yolov5(model) if yolov5 else model
     variant = replace(detector, model=model.to(detector.device).eval())
     return variant, {"method": f"Torch-Pruning L1, ratio {ratio} per layer, head kept, no fine-tuning",

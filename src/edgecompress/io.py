@@ -16,7 +16,7 @@ from typing import Any, Iterator
 
 import torch
 
-from edgecompress import EdgecompressError
+from edgecompress import EdgecompressError, first_line
 
 
 @contextlib.contextmanager
@@ -62,9 +62,7 @@ def atomic_write(path: str | Path, mode: str = "wb") -> Iterator[Any]:
 def publish(tmp_path: str | Path, path: str | Path) -> None:
     """Give a finished temporary file normal permissions (mkstemp makes 0600) and rename it over
     `path` (atomic within one file system)."""
-    mask = os.umask(0)
-    os.umask(mask)
-    os.chmod(tmp_path, 0o666 & ~mask)
+    os.chmod(tmp_path, 0o666 & ~_umask())
     os.replace(tmp_path, path)
 
 
@@ -142,9 +140,8 @@ def load_torch(path: str | Path, what: str = "checkpoint") -> Any:
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises many types for corrupt/foreign files
-        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise EdgecompressError(
-            f"{path}: cannot load {what} safely with weights_only=True ({reason[:200]})"
+            f"{path}: cannot load {what} safely with weights_only=True ({first_line(exc)})"
         ) from None
 
 

@@ -20,7 +20,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from edgecompress import EdgecompressError
+from edgecompress import EdgecompressError, first_line
 
 log = logging.getLogger(__name__)
 
@@ -205,7 +205,7 @@ def load_pretrained(resolved: ResolvedWeights) -> nn.Module:
             model.load_state_dict(state)
         except Exception as exc:  # noqa: BLE001 - corrupt file, wrong format or mismatched keys
             raise EdgecompressError(f"{resolved.path}: not loadable as {resolved.arch} weights "
-                                    f"({_first_line(exc, 200)})") from None
+                                    f"({first_line(exc, 200)})") from None
     return model.eval()
 
 
@@ -416,13 +416,8 @@ def fp32_latency(model: nn.Module, images: torch.Tensor, how: Measurement) -> di
     return _latency_sweep(inference_predict(model), images, how)
 
 
-def _first_line(exc: Exception, limit: int) -> str:
-    """An exception's first message line (its type name when the message is empty), cut to `limit`."""
-    return (str(exc).strip().splitlines() or [type(exc).__name__])[0][:limit]
-
-
 def _failure(exc: Exception, what: str) -> dict[str, str]:
-    first = _first_line(exc, 240)
+    first = first_line(exc, 240)
     log.warning("%s: skipped (%s: %s)", what, type(exc).__name__, first)
     return {"skipped": f"{what} failed ({type(exc).__name__}: {first})"}
 
