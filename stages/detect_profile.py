@@ -29,7 +29,7 @@ def main() -> None:
     spec = params.profile
     torch.set_num_threads(params.threads)
     device = resolve_device(params.device)
-    ds = detect_data.load_coco(Path(args.data) / "annotations.json", Path(args.data) / "images")
+    ds = detect_data.load_subset(args.data)
     paths = [Path(ds.images_dir) / image.file_name for image in ds.images[:spec.images]]
     results = {}
     for name, model in params.models.items():
@@ -39,7 +39,7 @@ def main() -> None:
                                  conf_threshold=params.conf_threshold, iou_threshold=params.iou_threshold,
                                  max_det=params.max_det, warmup_batches=1)
         images = [read_image(p) for p in paths[:spec.batch_size]]
-        class_map = model_to_dataset_classes(detector.classes, ds.classes)
+        class_map = model_to_dataset_classes(detector.output_classes, ds.classes)
 
         def whole_batch(_: torch.Tensor) -> list:
             return predict_batch(detector, images, timer=BlockTimer(device), conf_threshold=params.conf_threshold,

@@ -152,6 +152,12 @@ class Detector:
     def letterboxed(self) -> bool:
         return self.family != "torchvision"
 
+    @property
+    def output_classes(self) -> list[str]:
+        """Class name of each index the model outputs: torchvision's COCO detectors predict COCO
+        category ids (91 slots, "" where unused), the YOLO families their own class list."""
+        return _COCO91 if self.family == "torchvision" else self.classes
+
     def params(self) -> int:
         return sum(p.numel() for p in self.model.parameters())
 
@@ -310,6 +316,9 @@ def predict_batch(detector: Detector, images: Sequence[Image.Image], *, timer: B
                   iou_threshold: float, max_det: int, class_map: torch.Tensor) -> list[dict[str, torch.Tensor]]:
     """Detections for a batch of decoded images, in original pixels and data set class indices.
 
+    `class_map`: `model_to_dataset_classes(detector.output_classes, dataset classes)`; detections of
+    classes the data set lacks are dropped.
+
     Timed blocks: "preprocess" (letterbox / to-tensor, host to device), "model" (forward), "nms" (YOLO
     families; torchvision detectors run it inside "model"), "postprocess" (boxes back to the image,
     class mapping, to CPU).
@@ -331,13 +340,12 @@ def predict_batch(detector: Detector, images: Sequence[Image.Image], *, timer: B
     results = []
     if not detector.letterboxed:
         with timer("postprocess"):
+            mapping = class_map.to(detector.device)
             for out in raw:  # labels are COCO category ids: 1..90
-                labels = out["labels"].cpu()
-                names = [_COCO91[int(i)] if 0 <= int(i) < len(_COCO91) else "" for i in labels]
-                idx = torch.tensor([detector_index(detector.classes, n) for n in names], dtype=torch.long)
-                keep = idx >= 0
-                results.append({"boxes": out["boxes"].cpu().float()[keep], "scores": out["scores"].cpu().float()[keep],
-                                "labels": idx[keep]})
+                labels = mapping[out["labels"]]
+                keep = labels >= 0
+                results.append({"boxes": out["boxes"][keep].float().cpu(), "scores": out["scores"][keep].float().cpu(),
+                                "labels": labels[keep].cpu()})
         return results
     with timer("nms"):
         decoded = decode_yolo(raw, detector.family)
@@ -356,13 +364,6 @@ def predict_batch(detector: Detector, images: Sequence[Image.Image], *, timer: B
             results.append({"boxes": unletterbox(det["boxes"][keep].float(), meta).cpu(),
                             "scores": det["scores"][keep].float().cpu(), "labels": labels[keep].cpu()})
     return results
-
-
-def detector_index(classes: Sequence[str], name: str) -> int:
-    try:
-        return list(classes).index(name)
-    except ValueError:
-        return -1
 
 
 def _configure_torchvision(model: nn.Module, conf: float, iou: float, max_det: int) -> None:
@@ -396,14 +397,13 @@ def run_detector(detector: Detector, image_paths: Sequence[Path], dataset_classe
     run first (allocator, oneDNN primitives). Returns (predictions per image, timing) where timing
     holds per block total / per-image ms, the total, images/s and peak memory.
     """
+    class_map = model_to_dataset_classes(detector.output_classes, dataset_classes)
     if warmup_batches:
         first = [read_image(p) for p in image_paths[:batch_size]]
         for _ in range(warmup_batches):
             predict_batch(detector, first, timer=BlockTimer(detector.device), conf_threshold=conf_threshold,
-                          iou_threshold=iou_threshold, max_det=max_det,
-                          class_map=model_to_dataset_classes(detector.classes, dataset_classes))
+                          iou_threshold=iou_threshold, max_det=max_det, class_map=class_map)
     timer = BlockTimer(detector.device)
-    class_map = model_to_dataset_classes(detector.classes, dataset_classes)
     preds: list[dict[str, torch.Tensor]] = []
     for start in range(0, len(image_paths), batch_size):
         chunk = image_paths[start:start + batch_size]
