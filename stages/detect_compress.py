@@ -24,21 +24,22 @@ def main() -> None:
     spec = params.compress
     torch.set_num_threads(params.threads)
     device = resolve_device(params.device)
-    subset = detect_data.load_coco(Path(args.data) / "annotations.json", Path(args.data) / "images")
-    source = params.data
-    full = detect_data.load_dataset(source.format, root=source.root, annotations=source.annotations,
-                                    images=source.images, labels=source.labels, classes=source.classes)
+    subset = detect_data.load_subset(args.data)
+    full = detect_data.load_source(params.data)
     calib_paths, disjoint = dc.calibration_paths(full, subset, spec.calibration_images, params.seed)
     chosen = params.models[spec.model]
     detector = load_detector(spec.model, family=chosen.family, arch=chosen.arch, weights=chosen.weights,
                              dataset_classes=subset.classes, imgsz=params.imgsz, device=device)
-    calib = dc.calibration_batch(calib_paths, params.imgsz) if {"onnx_int8", "pruned"} & set(spec.variants) else None
+    wanted = set(spec.variants)
+    # images for ONNX tracing, INT8 calibration and the pruning graph trace
+    calib = dc.calibration_batch(calib_paths, params.imgsz) if {"onnx_fp32", "onnx_int8", "pruned"} & wanted else None
+    Path(args.models).mkdir(parents=True, exist_ok=True)  # the stage's DVC output, even with no ONNX variant
     built: dict = {"fp32": (detector, {"method": "the original model (eager FP32)"})}
-    if {"onnx_fp32", "onnx_int8"} & set(spec.variants):
-        built.update(dc.onnx_variants(detector, args.models, calib, threads=params.threads))
-    if "pruned" in spec.variants:
+    if {"onnx_fp32", "onnx_int8"} & wanted:
+        built.update(dc.onnx_variants(detector, args.models, calib, threads=params.threads, int8="onnx_int8" in wanted))
+    if "pruned" in wanted:
         built["pruned"] = dc.pruned_variant(detector, spec.prune_ratio, calib.to(device))
-    if "fp16" in spec.variants:
+    if "fp16" in wanted:
         built["fp16"] = dc.fp16_variant(detector)
     variants = {}
     for name in spec.variants:
@@ -48,7 +49,7 @@ def main() -> None:
             log.info("%s skipped: %s", name, info["skipped"])
             continue
         row, _ = evaluate_detector(variant, subset, batch_size=spec.batch_size, **evaluation_settings(params))
-        variants[name] = {**info, "params": sum(p.numel() for p in variant.model.parameters()) or None, **row}
+        variants[name] = {**info, "params": variant.params() or None, **row}
         log.info("%s: mAP %.3f mAP@.5 %.3f, %.1f ms/image inference (model %.1f ms)", name, row["map"],
                  row["map_50"], row["timing"]["inference_ms_per_image"],
                  row["timing"]["blocks"]["model"]["per_image_ms"])

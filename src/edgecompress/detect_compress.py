@@ -39,6 +39,16 @@ class RawHead(nn.Module):
         return out[0] if isinstance(out, (tuple, list)) else out
 
 
+class HalfHead(RawHead):
+    """The raw head of a float16 copy of the model: float32 images in, float32 predictions out."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__(model.half())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return super().forward(x.half()).float()
+
+
 class OrtModel(nn.Module):
     """An ONNX Runtime session (CPU provider) in place of the torch model; returns the raw head tensor."""
 
@@ -84,20 +94,23 @@ def calibration_paths(source: Any, subset: Any, count: int, seed: int) -> tuple[
 
 
 def onnx_variants(detector: Detector, out_dir: str | Path, calib: torch.Tensor, *, threads: int,
-                  ) -> dict[str, tuple[Detector | None, dict[str, Any]]]:
-    """ONNX FP32 (export of the raw head output, dynamic batch) and ONNX Runtime static INT8 (QDQ,
-    per-channel int8 weights, uint8 activations, MinMax calibration on `calib`)."""
+                  int8: bool = True) -> dict[str, tuple[Detector | None, dict[str, Any]]]:
+    """ONNX FP32 (export of the raw head output, dynamic batch; `calib[:2]` traces it) and, with
+    `int8`, ONNX Runtime static INT8 (QDQ, per-channel int8 weights, uint8 activations, MinMax
+    calibration on `calib`)."""
     from edgecompress.quantize import export_onnx, quantize_onnx_static
 
     out_dir = Path(out_dir)
     fp32_path, int8_path = out_dir / f"{detector.name}_fp32.onnx", out_dir / f"{detector.name}_int8.onnx"
     export_onnx(RawHead(copy.deepcopy(detector.model).cpu().eval()), calib[:2], fp32_path)
-    # Conv only: the decode tail (sigmoid, grid arithmetic, the concat of pixels and probabilities) stays float
-    quantize_onnx_static(fp32_path, int8_path, calib, per_channel=True, batch_size=min(8, len(calib)),
-                         op_types=["Conv"])
+    artifacts = [("onnx_fp32", fp32_path, "ONNX export (CPUExecutionProvider)")]
+    if int8:
+        # Conv only: the decode tail (sigmoid, grid arithmetic, the concat of pixels and probabilities) stays float
+        quantize_onnx_static(fp32_path, int8_path, calib, per_channel=True, batch_size=min(8, len(calib)),
+                             op_types=["Conv"])
+        artifacts.append(("onnx_int8", int8_path, "ONNX Runtime static INT8 (QDQ, per-channel, MinMax; Conv only)"))
     out: dict[str, tuple[Detector | None, dict[str, Any]]] = {}
-    for name, path, method in (("onnx_fp32", fp32_path, "ONNX export (CPUExecutionProvider)"),
-                               ("onnx_int8", int8_path, "ONNX Runtime static INT8 (QDQ, per-channel, MinMax; Conv only)")):
+    for name, path, method in artifacts:
         variant = replace(detector, model=OrtModel(path, threads), device=torch.device("cpu"))
         out[name] = (variant, {"method": method, "artifact": str(path), "size_mb": round(path.stat().st_size / 1e6, 4),
                                "calibration_images": len(calib) if name == "onnx_int8" else None})
@@ -148,13 +161,5 @@ def fp16_variant(detector: Detector) -> tuple[Detector | None, dict[str, Any]]:
     if detector.device.type != "cuda":
         return None, {"skipped": "FP16 inference is measured on CUDA only: set detection.device: cuda on a "
                                  "GPU machine"}
-
-    class Half(nn.Module):
-        def __init__(self, model: nn.Module) -> None:
-            super().__init__()
-            self.model = model.half()
-
-        def forward(self, x: torch.Tensor) -> torch.Tensor:
-            return RawHead(self.model)(x.half()).float()
-
-    return replace(detector, model=Half(copy.deepcopy(detector.model)).eval()), {"method": "FP16 weights and activations (CUDA)"}
+    return (replace(detector, model=HalfHead(copy.deepcopy(detector.model)).eval()),
+            {"method": "FP16 weights and activations (CUDA)"})
