@@ -24,7 +24,7 @@ def main() -> None:
     params = load_params(args.params, DetectionPipelineParams).detection
     torch.set_num_threads(params.threads)
     device = resolve_device(params.device)
-    ds = detect_data.load_coco(Path(args.data) / "annotations.json", Path(args.data) / "images")
+    ds = detect_data.load_subset(args.data)
     plots = Path(args.plots)
     results = {}
     for name, spec in params.models.items():

@@ -25,7 +25,7 @@ import logging
 import random
 import xml.etree.ElementTree as ET
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -35,7 +35,7 @@ import yaml
 from PIL import Image
 
 from edgecompress import EdgecompressError
-from edgecompress.io import read_json, write_json, write_text
+from edgecompress.io import atomic_dir, read_json, write_json, write_text
 
 logger = logging.getLogger(__name__)
 
@@ -505,3 +505,38 @@ def to_targets(ds: DetectionDataset) -> list[dict[str, torch.Tensor]]:
     return [{"boxes": torch.from_numpy(image.boxes).float(),
              "labels": torch.from_numpy(image.labels).long(),
              "iscrowd": torch.from_numpy(image.iscrowd).long()} for image in ds.images]
+
+
+# ----------------------------------------------------------------------------------------------
+# The pipeline's evaluation subset: one folder, written once, read by every later stage
+SUBSET_ANNOTATIONS, SUBSET_IMAGES = "annotations.json", "images"
+
+
+def load_source(spec: Any) -> DetectionDataset:
+    """The source data set a `detection.data` params block (format, root, annotations, images,
+    labels, classes) describes."""
+    return load_dataset(spec.format, root=spec.root, annotations=spec.annotations, images=spec.images,
+                        labels=spec.labels, classes=spec.classes)
+
+
+def write_subset(ds: DetectionDataset, out_dir: str | Path) -> None:
+    """`ds` as a self-contained folder, replaced as a whole (`io.atomic_dir`): its images copied to
+    `images/`, the boxes as COCO `annotations.json`, YOLO `labels/`, VOC `voc/` and `classes.txt`."""
+    import shutil
+
+    with atomic_dir(out_dir) as tmp:
+        for image in ds.images:
+            target = tmp / SUBSET_IMAGES / image.file_name
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(Path(ds.images_dir) / image.file_name, target)
+        copied = replace(ds, images_dir=Path(out_dir) / SUBSET_IMAGES)
+        write_coco(copied, tmp / SUBSET_ANNOTATIONS)
+        write_yolo(copied, tmp / "labels")
+        write_voc(copied, tmp / "voc")
+        write_class_names(copied, tmp / "classes.txt")
+
+
+def load_subset(directory: str | Path) -> DetectionDataset:
+    """The subset `write_subset` wrote (its COCO annotations and copied images)."""
+    directory = Path(directory)
+    return load_coco(directory / SUBSET_ANNOTATIONS, directory / SUBSET_IMAGES)

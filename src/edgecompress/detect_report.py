@@ -26,9 +26,7 @@ def _points(metrics: dict[str, Any], time_key: str, map_key: str) -> dict[str, l
     out: dict[str, list[tuple[int, float, float]]] = {}
     for name, entry in metrics["models"].items():
         for batch, row in entry["batch_sizes"].items():
-            timing = row["timing"]
-            x = timing[time_key] if time_key != "total_s" else timing["total_s"]
-            out.setdefault(name, []).append((int(batch), float(x), float(row[map_key])))
+            out.setdefault(name, []).append((int(batch), float(row["timing"][time_key]), float(row[map_key])))
     return out
 
 
@@ -77,10 +75,15 @@ def pareto_front(points: dict[str, tuple[float, float]]) -> list[str]:
     return sorted(front, key=lambda n: points[n][0])
 
 
+def _variant_points(compress: dict[str, Any]) -> dict[str, tuple[float, float]]:
+    """(inference ms per image, mAP@.5) of every measured variant."""
+    return {name: (v["timing"]["inference_ms_per_image"], v["map_50"])
+            for name, v in compress["variants"].items() if "skipped" not in v}
+
+
 def plot_pareto(compress: dict[str, Any], path: str | Path) -> None:
     """mAP@.5 against inference time per image for every measured variant, the Pareto front joined."""
-    points = {name: (v["timing"]["inference_ms_per_image"], v["map_50"])
-              for name, v in compress["variants"].items() if "skipped" not in v}
+    points = _variant_points(compress)
     fig, ax = plt.subplots(figsize=(6.5, 4.5))
     for (name, (t, m)), colour in zip(points.items(), plt.cm.tab10.colors):
         ax.plot(t, m, "o", color=colour, markersize=8)
@@ -107,8 +110,7 @@ def _compress_section(compress: dict[str, Any], plots_dir: Path, report_dir: Pat
            + ". Each variant runs the same "
            "pre-processing, NMS and post-processing; only the model block differs.", ""]
     rows = []
-    points = {n: (v["timing"]["inference_ms_per_image"], v["map_50"])
-              for n, v in compress["variants"].items() if "skipped" not in v}
+    points = _variant_points(compress)
     front = set(pareto_front(points))
     for name, v in compress["variants"].items():
         if "skipped" in v:
@@ -121,9 +123,13 @@ def _compress_section(compress: dict[str, Any], plots_dir: Path, report_dir: Pat
                      "yes" if name in front else ""])
     out += _table(["Variant", "Method", "mAP", "mAP@.5", "COCOeval mAP@.5", "Model ms", "Inference ms", "Params (M)",
                    "File MB", "Pareto"], rows)
-    pareto = plots_dir / PARETO_FILE
-    link = pareto.relative_to(report_dir) if pareto.is_relative_to(report_dir) else pareto
-    return out + [f"![Pareto: mAP@.5 vs inference time]({link})", ""]
+    return out + [f"![Pareto: mAP@.5 vs inference time]({_link(plots_dir / PARETO_FILE, report_dir)})", ""]
+
+
+def _link(path: str | Path, report_dir: Path) -> Path:
+    """`path` as REPORT.md links it: relative to the report's folder when it lies inside it."""
+    path = Path(path)
+    return path.relative_to(report_dir) if path.is_relative_to(report_dir) else path
 
 
 def _fmt(value: float | None, scale: float = 100.0, digits: int = 1) -> str:
@@ -199,7 +205,7 @@ def render_report(metrics: dict[str, Any], data: dict[str, Any], imported: dict[
     out += ["## Plots", ""]
     for key, caption in (("map50", "mAP@.5 vs inference time"), ("map", "mAP vs total time")):
         if key in plots:
-            out += [f"![{caption}]({Path(plots[key]).relative_to(report_dir) if Path(plots[key]).is_relative_to(report_dir) else plots[key]})", ""]
+            out += [f"![{caption}]({_link(plots[key], report_dir)})", ""]
     if compress:
         out += _compress_section(compress, Path(plots_dir), report_dir)
     if profile:
