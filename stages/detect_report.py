@@ -9,9 +9,10 @@ def main() -> None:
                                 "import_metrics": "metrics/detect_import.json (may be absent)",
                                 "profile_metrics": "metrics/detect_profile.json (may be absent)",
                                 "compress_metrics": "metrics/detect_compress.json (may be absent)",
+                                "train_metrics": "metrics/detect_train.json (may be absent)",
                                 "plots": "directory of the mAP-vs-time plots", "out": "REPORT.md to write"})
     build_report(args.metrics, args.data_metrics, args.import_metrics, args.plots, args.out, args.profile_metrics,
-                 args.compress_metrics)
+                 args.compress_metrics, args.train_metrics)
     log.info("wrote %s", args.out)
 
 

@@ -1,9 +1,11 @@
 """The detection pipeline end to end.
 
 - Smoke: `dvc repro pipelines/detection/dvc.yaml` with random weights (clearly labelled) on the two
-  images that ship with ultralytics and hand-written YOLO labels: a randomly initialised yolov8n.yaml, a
-  random original-format YOLOv5 checkpoint through detect_import (the torchvision family runs in
-  tests/test_detect.py). Every output file is produced.
+  images that ship with ultralytics plus a mirror of one, with hand-written YOLO labels: a randomly
+  initialised yolov8n.yaml (fine-tuned by ultralytics' trainer in detect_train), a random
+  original-format YOLOv5 checkpoint through detect_import (pruned and fine-tuned by our loop in
+  detect_compress); the torchvision family runs in tests/test_detect.py and tests/test_detect_train.py.
+  Two images are evaluated, the third is the training split. Every output file is produced.
 - Integration (needs ../shared): the real COCO-trained yolov5n.pt on the 128 COCO images' subset scores
   mAP@.5 in a plausible band and torchmetrics agrees with pycocotools.
 """
@@ -27,19 +29,32 @@ HAND_LABELS = {"bus.jpg": [(5, 17, 230, 801, 760), (0, 48, 398, 245, 905), (0, 6
                "zidane.jpg": [(0, 747, 41, 1148, 711), (0, 123, 193, 715, 719), (27, 437, 434, 529, 717)]}
 
 
-def write_asset_dataset(root: Path) -> Path:
-    """ultralytics' two sample images with YOLO txt labels and its COCO data.yaml for class names."""
+def labelled_images(mirrored: bool) -> dict[str, list[tuple[int, int, int, int, int]]]:
+    labels = dict(HAND_LABELS)
+    if mirrored:
+        width = 810  # bus.jpg is 810 x 1080
+        labels["bus_mirror.jpg"] = [(c, width - x2, y1, width - x1, y2) for c, x1, y1, x2, y2 in HAND_LABELS["bus.jpg"]]
+    return labels
+
+
+def write_asset_dataset(root: Path, mirrored: bool = False) -> Path:
+    """ultralytics' two sample images with YOLO txt labels and its COCO data.yaml for class names;
+    `mirrored` adds a left-right mirror of bus.jpg (bus_mirror.jpg) as a third image."""
     import shutil
 
     import ultralytics
-    from PIL import Image
+    from PIL import Image, ImageOps
     from ultralytics.utils import ASSETS
 
     (root / "images").mkdir(parents=True)
     (root / "labels").mkdir()
-    for name, boxes in HAND_LABELS.items():
-        shutil.copy(ASSETS / name, root / "images" / name)
-        width, height = Image.open(ASSETS / name).size
+    for name, boxes in labelled_images(mirrored).items():
+        source = ASSETS / name.replace("_mirror", "")
+        if "_mirror" in name:
+            ImageOps.mirror(Image.open(source)).save(root / "images" / name)
+        else:
+            shutil.copy(source, root / "images" / name)
+        width, height = Image.open(source).size
         lines = [f"{c} {(x1 + x2) / 2 / width:.6f} {(y1 + y2) / 2 / height:.6f} {(x2 - x1) / width:.6f} "
                  f"{(y2 - y1) / height:.6f}" for c, x1, y1, x2, y2 in boxes]
         (root / "labels" / f"{Path(name).stem}.txt").write_text("\n".join(lines) + "\n")
@@ -48,16 +63,17 @@ def write_asset_dataset(root: Path) -> Path:
 
 
 def test_detection_pipeline_smoke_run_random_weights(repo_copy: Path, tmp_path: Path) -> None:
-    data = write_asset_dataset(tmp_path / "assets")
+    data = write_asset_dataset(tmp_path / "assets", mirrored=True)
     checkpoint = write_yolov5_checkpoint(tmp_path / "random_v5.pt")
     params_path = repo_copy / "pipelines" / "detection" / "params.yaml"
     params = deep_update(yaml.safe_load(params_path.read_text()), {"detection": {
         "data": {"format": "yolo", "root": str(data), "annotations": None, "images": "images", "labels": "labels",
                  "classes": "coco.yaml"},
-        "subset_images": None, "import": {"source": str(checkpoint), "out": "models/random_v5.safe.pt"},
+        "subset_images": 2, "import": {"source": str(checkpoint), "out": "models/random_v5.safe.pt"},
         "imgsz": 128, "batch_sizes": [1, 2], "threads": 1, "visualize": 2,
         "profile": {"images": 2, "batch_size": 2, "iterations": 1},
-        "compress": {"model": "v5", "calibration_images": 2}}})
+        "compress": {"model": "v5", "calibration_images": 2, "finetune_epochs": 1},
+        "train": {"model": "yolov8n", "epochs": 1, "batch_size": 1, "device": "cpu"}}})
     params["detection"]["models"] = {
         "yolov8n": {"family": "ultralytics", "arch": "yolov8n.yaml", "weights": None},
         "v5": {"family": "yolov5", "weights": "models/random_v5.safe.pt"}}
@@ -68,10 +84,16 @@ def test_detection_pipeline_smoke_run_random_weights(repo_copy: Path, tmp_path: 
     det = repo_copy / "pipelines" / "detection"
     subset = det / "data" / "subset"
     coco = json.loads((subset / "annotations.json").read_text())
-    assert len(coco["images"]) == 2 and len(coco["annotations"]) == 8
-    assert sorted(p.name for p in (subset / "labels").iterdir()) == ["bus.txt", "zidane.txt"]
-    assert sorted(p.name for p in (subset / "voc").iterdir()) == ["bus.xml", "zidane.xml"]
-    assert json.loads((det / "metrics" / "detection_data.json").read_text())["boxes"] == 8
+    evaluated = sorted(image["file_name"] for image in coco["images"])
+    (held_out,) = set(labelled_images(True)) - set(evaluated)
+    boxes = sum(len(labelled_images(True)[name]) for name in evaluated)
+    assert len(evaluated) == 2 and len(coco["annotations"]) == boxes
+    stems = [Path(name).stem for name in evaluated]
+    assert sorted(p.name for p in (subset / "labels").iterdir()) == [f"{s}.txt" for s in stems]
+    assert sorted(p.name for p in (subset / "voc").iterdir()) == [f"{s}.xml" for s in stems]
+    assert [p.name for p in (det / "data" / "train" / "images").iterdir()] == [held_out]  # never an evaluated one
+    data_metrics = json.loads((det / "metrics" / "detection_data.json").read_text())
+    assert data_metrics["boxes"] == boxes and data_metrics["train"]["images"] == 1
     assert json.loads((det / "metrics" / "detect_import.json").read_text())["classes"] == 3
     metrics = json.loads((det / "metrics" / "detection.json").read_text())
     assert set(metrics["models"]) == {"yolov8n", "v5"}
@@ -82,17 +104,25 @@ def test_detection_pipeline_smoke_run_random_weights(repo_copy: Path, tmp_path: 
             assert row["timing"]["images"] == 2 and row["timing"]["inference_ms_per_image"] > 0
         for batch in (1, 2):
             pictures = sorted((det / "plots" / "detection" / f"visualizations_batch_{batch}" / name).iterdir())
-            assert [p.name for p in pictures] == ["bus.png", "zidane.png"]
+            assert [p.name for p in pictures] == [f"{s}.png" for s in stems]
             assert pictures[0].read_bytes()[:4] == b"\x89PNG"
     assert metrics["models"]["yolov8n"]["random_weights"] and metrics["models"]["yolov8n"]["params"] > 3e6
     assert metrics["models"]["v5"]["nms"] == "torchvision batched_nms (timed)"
     for plot in ("map50_vs_inference_time", "map_vs_total_inference_time"):
         assert (det / "plots" / f"{plot}.png").read_bytes()[:4] == b"\x89PNG"
+    trained = json.loads((det / "metrics" / "detect_train.json").read_text())
+    assert trained["trainer"] == "ultralytics YOLO.train" and trained["train_images"] == 1
+    assert [row["epoch"] for row in trained["history"]] == [1] and "train/box_loss" in trained["history"][0]
+    assert (det / "models" / "trained" / "yolov8n.pt").is_file()
+    live = json.loads((det / "dvclive" / "detect_train" / "metrics.json").read_text())
+    assert {"box_loss", "cls_loss", "dfl_loss"} <= set(live["train"]) and "map_50" in live["val"]
     compress = json.loads((det / "metrics" / "detect_compress.json").read_text())
-    assert compress["calibration"] == {"images": 2, "disjoint_from_evaluation": False}  # the source has 2 images
+    assert compress["calibration"] == {"images": 1, "disjoint_from_evaluation": True}  # the one held-out image
     assert set(compress["variants"]) == {"fp32", "onnx_fp32", "onnx_int8", "pruned", "fp16"}
     assert "CUDA only" in compress["variants"]["fp16"]["skipped"]
-    assert compress["variants"]["pruned"]["params_after"] < compress["variants"]["pruned"]["params_before"]
+    pruned = compress["variants"]["pruned"]
+    assert pruned["params_after"] < pruned["params_before"] and pruned["finetune"]["epochs"] == 1
+    assert "fine-tuned 1 epochs on 1 images" in pruned["method"]
     for name in ("fp32", "onnx_fp32", "onnx_int8", "pruned"):
         assert compress["variants"][name]["timing"]["images"] == 2
     assert (det / "plots" / "compress_pareto.png").read_bytes()[:4] == b"\x89PNG"
@@ -103,7 +133,8 @@ def test_detection_pipeline_smoke_run_random_weights(repo_copy: Path, tmp_path: 
         assert (det / "metrics" / "profile" / f"{name}_ops.txt").is_file()
         assert json.loads((det / "metrics" / "profile" / f"{name}_trace.json").read_text())
     report = (det / "REPORT.md").read_text()
-    assert "## Compressed variants" in report and "**of the evaluation subset**" in report and "## Profile" in report
+    assert "## Compressed variants" in report and "outside the evaluation subset" in report and "## Profile" in report
+    assert "## Fine-tuning" in report and "ultralytics YOLO.train" in report
     assert "yolov8n (random weights)" in report and "not judged: random weights" in report
     assert "up to date" in run(["dvc", "repro", "pipelines/detection/dvc.yaml"], repo_copy).stdout
 

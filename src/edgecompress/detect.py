@@ -120,7 +120,8 @@ def _build_yolov5(path: str | Path, fuse: bool = True) -> tuple[nn.Module, list[
 
 def fuse_yolov5(model: nn.Module) -> nn.Module:
     """Conv+BN folded, as YOLOv5 runs inference (its own `fuse`, quietly)."""
-    with contextlib.redirect_stdout(io.StringIO()):
+    # no_grad: fusing a trained model must not tie the fused weights to an autograd graph
+    with contextlib.redirect_stdout(io.StringIO()), torch.no_grad():
         return model.fuse().eval()
 
 

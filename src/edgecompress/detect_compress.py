@@ -1,7 +1,9 @@
-"""Compressed variants of a YOLO detector, each evaluated exactly like the original (`detect_eval`'s
-`evaluate_detector`): ONNX Runtime FP32 and static INT8 (QDQ, calibrated on images the evaluation never
-sees), structured pruning of the backbone with Torch-Pruning (the detection head's output convolutions
-are kept, so boxes and classes keep their layout), and FP16 on CUDA.
+"""Compressed variants of a detector, each evaluated exactly like the original (`detect_eval`'s
+`evaluate_detector`). YOLO families: ONNX Runtime FP32 and static INT8 (QDQ, calibrated on images the
+evaluation never sees), structured pruning of the backbone with Torch-Pruning (the detection head's output
+convolutions are kept, so boxes and classes keep their layout; optionally fine-tuned), and FP16 on CUDA.
+torchvision detectors: FX static INT8 of the backbone (the heads stay FP32). A variant that does not
+apply to the chosen family is recorded as skipped with the reason.
 
 Each variant is a `detect.Detector` whose `model` returns the raw head output of the original (the
 first element of the YOLO head's inference tuple), so pre-processing, NMS and post-processing are the
@@ -12,10 +14,12 @@ from __future__ import annotations
 
 import copy
 import logging
+import math
 from dataclasses import replace
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
+import numpy as np
 import torch
 import torch.nn as nn
 
@@ -24,7 +28,7 @@ from edgecompress.detect import Detector, letterbox, read_image
 
 log = logging.getLogger(__name__)
 
-VARIANTS = ("fp32", "onnx_fp32", "onnx_int8", "pruned", "fp16")
+VARIANTS = ("fp32", "onnx_fp32", "onnx_int8", "pruned", "fp16", "fx_int8")
 
 
 class RawHead(nn.Module):
@@ -83,8 +87,9 @@ def calibration_paths(source: Any, subset: Any, count: int, seed: int) -> tuple[
     """
     import random
 
-    used = {image.file_name for image in subset.images}
-    pool = [image.file_name for image in source.images if image.file_name not in used]
+    from edgecompress.detect_data import outside
+
+    pool = [image.file_name for image in outside(source, subset).images]
     disjoint = bool(pool)
     if not disjoint:
         log.warning("no source image outside the evaluation subset: INT8 calibrates on the evaluated images")
@@ -126,10 +131,15 @@ def head_output_convs(model: nn.Module) -> list[nn.Module]:
     return [m for h in detect_heads for m in h.modules() if isinstance(m, nn.Conv2d)]
 
 
-def pruned_variant(detector: Detector, ratio: float, example: torch.Tensor) -> tuple[Detector | None, dict[str, Any]]:
-    """Backbone/neck channels removed with Torch-Pruning (L1 magnitude, per layer), without fine-tuning
-    (the accuracy it costs is the number reported); every convolution of the detection head is
-    ignored, so its outputs keep their layout.
+def pruned_variant(detector: Detector, ratio: float, example: torch.Tensor,
+                   finetune: Callable[[Detector], dict[str, Any]] | None = None,
+                   ) -> tuple[Detector | None, dict[str, Any]]:
+    """Backbone/neck channels removed with Torch-Pruning (L1 magnitude, per layer); every convolution
+    of the detection head is ignored, so its outputs keep their layout.
+
+    `finetune(pruned detector)` (e.g. `detect_train.fit_detector` on the training split) runs on the
+    pruned network while it still has its BatchNorm layers; what it returns is recorded under
+    "finetune". Without it the accuracy pruning alone costs is the number reported.
 
     An architecture Torch-Pruning's dependency graph cannot handle (e.g. ultralytics' C2f blocks, whose
     `split` needs Torch-Pruning's own rewrite of the block) is returned as skipped with the error.
@@ -149,15 +159,82 @@ def pruned_variant(detector: Detector, ratio: float, example: torch.Tensor) -> t
     except Exception as exc:  # noqa: BLE001 - torch-pruning raises many types on unsupported graphs
         return None, {"skipped": f"Torch-Pruning could not prune {detector.arch} "
                                  f"({type(exc).__name__}: {first_line(exc, 160)})"}
-    model = fuse_yolov5(model) if yolov5 else model
     variant = replace(detector, model=model.to(detector.device).eval())
-    return variant, {"method": f"Torch-Pruning L1, ratio {ratio} per layer, head kept, no fine-tuning",
+    tuned = finetune(variant) if finetune is not None else None
+    if yolov5:
+        variant = replace(variant, model=fuse_yolov5(variant.model))
+    how = f"fine-tuned {tuned['epochs']} epochs on {tuned['images']} images" if tuned else "no fine-tuning"
+    return variant, {"method": f"Torch-Pruning L1, ratio {ratio} per layer, head kept, {how}",
                      **{k: report[k] for k in ("params_before", "params_after", "macs_before", "macs_after",
-                                               "mac_ratio_removed", "param_ratio_removed")}}
+                                               "mac_ratio_removed", "param_ratio_removed")},
+                     "finetune": tuned}
+
+
+def backbone_inputs(detector: Detector, paths: Sequence[Path]) -> list[torch.Tensor]:
+    """What a torchvision detector's backbone receives for each image (resized, normalised, padded
+    by the model's own transform), captured with a forward pre-hook while the whole model runs."""
+    captured: list[torch.Tensor] = []
+    handle = detector.model.backbone.register_forward_pre_hook(lambda _, args: captured.append(args[0].detach()))
+    try:
+        with torch.inference_mode():
+            for path in paths:
+                image = read_image(path)
+                tensor = torch.from_numpy(np.array(image, dtype=np.uint8)).permute(2, 0, 1).float().div_(255.0)
+                detector.model([tensor.to(detector.device)])
+    finally:
+        handle.remove()
+    return [c.cpu() for c in captured]
+
+
+def _features(out: Any) -> list[torch.Tensor]:
+    return list(out.values()) if isinstance(out, dict) else [out]
+
+
+def feature_sqnr_db(reference: nn.Module, candidate: nn.Module, inputs: Sequence[torch.Tensor]) -> float:
+    """Signal-to-quantization-noise ratio (dB) of `candidate`'s feature maps against `reference`'s,
+    over all maps of all inputs (higher is closer; ~20-30 dB is typical of good INT8)."""
+    signal = noise = 0.0
+    with torch.inference_mode():
+        for x in inputs:
+            for ref, got in zip(_features(reference(x)), _features(candidate(x))):
+                signal += float(ref.double().pow(2).sum())
+                noise += float((ref.double() - got.double()).pow(2).sum())
+    return round(10 * math.log10(signal / noise), 2) if noise > 0 else math.inf
+
+
+def fx_int8_variant(detector: Detector, paths: Sequence[Path], *, backend: str = "x86"
+                    ) -> tuple[Detector | None, dict[str, Any]]:
+    """FX graph-mode static INT8 (post-training, `quantize.quantize_static_fx`) of a torchvision
+    detector's backbone, calibrated on `paths`; the detection heads (anchors, box regression, NMS)
+    stay FP32. Recorded with the SQNR of the INT8 backbone's feature maps against FP32 on the
+    calibration inputs. A backbone FX cannot trace or quantize is a skip with the error."""
+    if detector.family != "torchvision":
+        return None, {"skipped": "FX INT8 applies to torchvision backbones; YOLO models are quantized by onnx_int8"}
+    if detector.device.type != "cpu":
+        return None, {"skipped": "torch.ao INT8 kernels run on the CPU only: set detection.device: cpu"}
+    from edgecompress.quantize import quantize_static_fx
+
+    model = copy.deepcopy(detector.model).eval()
+    inputs = backbone_inputs(replace(detector, model=model), paths)
+    try:
+        quantized = quantize_static_fx(model.backbone, inputs, backend=backend)
+    except EdgecompressError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - FX tracing and conversion raise many types
+        return None, {"skipped": f"FX could not quantize the {detector.arch} backbone "
+                                 f"({type(exc).__name__}: {first_line(exc, 160)})"}
+    sqnr = feature_sqnr_db(model.backbone, quantized, inputs)
+    model.backbone = quantized
+    return replace(detector, model=model), {
+        "method": f"FX static INT8 PTQ of the backbone ({backend}, torch.ao); heads FP32",
+        "calibration_images": len(inputs), "backbone_sqnr_db": sqnr}
 
 
 def fp16_variant(detector: Detector) -> tuple[Detector | None, dict[str, Any]]:
     """Half-precision weights and inputs on CUDA; skipped with the reason on the CPU."""
+    if detector.family == "torchvision":
+        return None, {"skipped": "the FP16 variant is built for YOLO families (list inputs and dict outputs of "
+                                 "torchvision detectors are not wrapped)"}
     if detector.device.type != "cuda":
         return None, {"skipped": "FP16 inference is measured on CUDA only: set detection.device: cuda on a "
                                  "GPU machine"}

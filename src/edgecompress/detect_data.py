@@ -482,6 +482,13 @@ def subset(ds: DetectionDataset, n: int | None, seed: int) -> DetectionDataset:
     return DetectionDataset(ds.images_dir, list(ds.classes), [ds.images[i] for i in chosen], list(ds.category_ids))
 
 
+def outside(ds: DetectionDataset, evaluated: DetectionDataset) -> DetectionDataset:
+    """The images of `ds` that are not in `evaluated` (by file name): the pool for training and INT8
+    calibration, so neither ever sees an evaluated image."""
+    used = {image.file_name for image in evaluated.images}
+    return replace(ds, images=[image for image in ds.images if image.file_name not in used])
+
+
 def summary(ds: DetectionDataset) -> dict[str, Any]:
     """Counts for the metrics JSON; `boxes` and `boxes_per_class` include crowd boxes, and
     `boxes_per_class` lists every class (zeros too) so keys are stable across runs."""

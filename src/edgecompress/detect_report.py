@@ -123,7 +123,35 @@ def _compress_section(compress: dict[str, Any], plots_dir: Path, report_dir: Pat
                      "yes" if name in front else ""])
     out += _table(["Variant", "Method", "mAP", "mAP@.5", "COCOeval mAP@.5", "Model ms", "Inference ms", "Params (M)",
                    "File MB", "Pareto"], rows)
-    return out + [f"![Pareto: mAP@.5 vs inference time]({_link(plots_dir / PARETO_FILE, report_dir)})", ""]
+    out.append(f"![Pareto: mAP@.5 vs inference time]({_link(plots_dir / PARETO_FILE, report_dir)})")
+    tuned = (compress["variants"].get("pruned") or {}).get("finetune")
+    if tuned:
+        curve = ", ".join(f"{_fmt(row.get('val/map_50'))}" for row in tuned["history"])
+        out += ["", f"The pruned network was fine-tuned {tuned['epochs']} epochs on {tuned['images']} training images "
+                f"({tuned['seconds']:.0f} s); evaluation-subset mAP@.5 after each epoch: {curve}."]
+    return out + [""]
+
+
+def _train_section(train: dict[str, Any]) -> list[str]:
+    if "skipped" in train:
+        return ["## Fine-tuning", "", f"`detect_train` ({train['model']}) skipped: {train['skipped']}.", ""]
+    s = train["settings"]
+    out = ["## Fine-tuning", "",
+           f"`detect_train`: {train['model']} ({train['family']}, {train['trainer']}) from "
+           + ("random weights" if train["random_start"] else f"`{train['start']}`")
+           + f", {train['epochs']} epochs on {train['train_images']} training images (none of them evaluated) "
+           f"at {train['imgsz']} px, batch {s['batch_size']}, {s['optimizer']} lr {s['lr']} (cosine)"
+           + (", BatchNorm statistics frozen" if s.get("freeze_batchnorm") else "") + ", "
+           f"on {train['device']}, {train['seconds']:.0f} s -> `{train['out']}`. The last epoch is kept; the "
+           "per-epoch subset mAP is monitoring, not model selection.", ""]
+    rows = [[row["epoch"], f"{row['lr']:.2g}", *(f"{row[k]:.4f}" if row.get(k) is not None else None
+                                                for k in ("train/loss",)),
+             _fmt(row.get("val/map")), _fmt(row.get("val/map_50"))] for row in train["history"]]
+    out += _table(["Epoch", "LR", "Train loss", "Subset mAP", "Subset mAP@.5"], rows)
+    before, after = train["before"], train["after"]
+    out += [f"Evaluation subset before -> after: mAP {_fmt(before['map'])} -> {_fmt(after['map'])}, mAP@.5 "
+            f"{_fmt(before['map_50'])} -> {_fmt(after['map_50'])}.", ""]
+    return out
 
 
 def _link(path: str | Path, report_dir: Path) -> Path:
@@ -154,7 +182,8 @@ def published_for(entry: dict[str, Any]) -> tuple[float, float] | None:
 
 def render_report(metrics: dict[str, Any], data: dict[str, Any], imported: dict[str, Any] | None,
                   plots: dict[str, str], report_dir: str | Path, profile: dict[str, Any] | None = None,
-                  compress: dict[str, Any] | None = None, plots_dir: str | Path = "plots") -> str:
+                  compress: dict[str, Any] | None = None, plots_dir: str | Path = "plots",
+                  train: dict[str, Any] | None = None) -> str:
     """REPORT.md text: data, per model × batch size accuracy and time, agreement, goals, plots."""
     report_dir = Path(report_dir)
     out = ["# edgecompress detection report", "",
@@ -206,6 +235,8 @@ def render_report(metrics: dict[str, Any], data: dict[str, Any], imported: dict[
     for key, caption in (("map50", "mAP@.5 vs inference time"), ("map", "mAP vs total time")):
         if key in plots:
             out += [f"![{caption}]({_link(plots[key], report_dir)})", ""]
+    if train:
+        out += _train_section(train)
     if compress:
         out += _compress_section(compress, Path(plots_dir), report_dir)
     if profile:
@@ -232,11 +263,12 @@ def _profile_section(profile: dict[str, Any]) -> list[str]:
 
 def build_report(metrics_path: str | Path, data_path: str | Path, import_path: str | Path | None,
                  plots_dir: str | Path, out: str | Path, profile_path: str | Path | None = None,
-                 compress_path: str | Path | None = None) -> None:
-    """Read the metrics files and write REPORT.md atomically."""
+                 compress_path: str | Path | None = None, train_path: str | Path | None = None) -> None:
+    """Read the metrics files (the optional ones may be absent) and write REPORT.md atomically."""
+    def optional(path: str | Path | None) -> dict[str, Any] | None:
+        return read_json(path) if path and Path(path).is_file() else None
+
     metrics, data = read_json(metrics_path), read_json(data_path)
-    imported = read_json(import_path) if import_path and Path(import_path).is_file() else None
-    profile = read_json(profile_path) if profile_path and Path(profile_path).is_file() else None
-    compress = read_json(compress_path) if compress_path and Path(compress_path).is_file() else None
     plots = {key: str(Path(plots_dir) / name) for key, name in PLOT_FILES.items()}
-    write_text(out, render_report(metrics, data, imported, plots, Path(out).parent, profile, compress, plots_dir))
+    write_text(out, render_report(metrics, data, optional(import_path), plots, Path(out).parent,
+                                  optional(profile_path), optional(compress_path), plots_dir, optional(train_path)))

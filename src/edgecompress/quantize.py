@@ -167,7 +167,10 @@ def calibration_tensors(loader: Iterable, num_samples: int) -> torch.Tensor:
     return torch.cat(chunks).detach().cpu()
 
 
-def _batches(data: torch.Tensor, batch_size: int) -> Iterator[torch.Tensor]:
+def _batches(data: torch.Tensor | Sequence[torch.Tensor], batch_size: int) -> Iterator[torch.Tensor]:
+    if not isinstance(data, torch.Tensor):  # inputs of different shapes (e.g. detection backbones): one by one
+        yield from data
+        return
     for start in range(0, len(data), batch_size):
         yield data[start:start + batch_size]
 
@@ -193,13 +196,13 @@ def custom_qconfig(backend: str = "x86") -> Any:
                                                   quant_min=-64, quant_max=63))
 
 
-def quantize_static_fx(model: nn.Module, calib: torch.Tensor, *, backend: str, qconfig: str = "default",
-                       batch_size: int = 64) -> nn.Module:
+def quantize_static_fx(model: nn.Module, calib: torch.Tensor | Sequence[torch.Tensor], *, backend: str,
+                       qconfig: str = "default", batch_size: int = 64) -> nn.Module:
     """Static INT8 PTQ in FX graph mode; `model` itself is left untouched.
 
     Args:
         model: float model.
-        calib: calibration images (N, C, H, W).
+        calib: calibration images (N, C, H, W), or a list of input batches of different shapes.
         backend: quantized engine ("x86", "fbgemm", "qnnpack").
         qconfig: "default" (torch's mapping for the backend) or "custom" (`custom_qconfig`).
         batch_size: calibration batch size.
@@ -217,7 +220,8 @@ def quantize_static_fx(model: nn.Module, calib: torch.Tensor, *, backend: str, q
         mapping = get_default_qconfig_mapping(backend)
         if qconfig == "custom":
             mapping.set_global(custom_qconfig(backend))  # keeps the fixed-qparams op entries
-        prepared = prepare_fx(copy.deepcopy(model).eval(), mapping, (calib[:1],))
+        example = calib[:1] if isinstance(calib, torch.Tensor) else calib[0]
+        prepared = prepare_fx(copy.deepcopy(model).eval(), mapping, (example,))
         for batch in _batches(calib, batch_size):
             prepared(batch)
         quantized = convert_fx(prepared)
