@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 
 import numpy as np
@@ -61,11 +62,29 @@ def test_pruning_keeps_the_head_layout_and_removes_backbone_channels(tmp_path: P
         head_output_convs(torch.nn.Sequential(torch.nn.Conv2d(3, 3, 1)))
 
 
-def test_pruning_an_unsupported_graph_is_a_skip_with_the_reason() -> None:
+def test_ultralytics_c2f_models_are_pruned_after_a_split_free_rewrite() -> None:
+    from edgecompress.detect_compress import split_free_c2f
+
+    torch.manual_seed(0)
     detector = load_detector("m", family="ultralytics", arch="yolov8n.yaml", weights=None, dataset_classes=CLASSES,
                              imgsz=64)
+    x = torch.rand(2, 3, 64, 64)
+    rewritten = copy.deepcopy(detector.model)
+    assert split_free_c2f(rewritten) == 8
+    with torch.no_grad():  # the rewrite is the same function with the same weights
+        torch.testing.assert_close(rewritten(x)[0], detector.model(x)[0])
+    variant, info = pruned_variant(detector, 0.3, x)
+    assert variant is not None, info
+    assert info["params_after"] < 0.8 * info["params_before"] and "8 C2f blocks made split-free" in info["method"]
+    with torch.no_grad():
+        assert RawHead(variant.model)(x).shape == RawHead(detector.model)(x).shape
+
+
+def test_pruning_an_unsupported_graph_is_a_skip_with_the_reason() -> None:
+    detector = load_detector("m", family="ultralytics", arch="yolo11n.yaml", weights=None, dataset_classes=CLASSES,
+                             imgsz=64)
     variant, info = pruned_variant(detector, 0.3, torch.rand(1, 3, 64, 64))
-    assert variant is None and info["skipped"].startswith("Torch-Pruning could not prune yolov8n.yaml (")
+    assert variant is None and "attention blocks (Attention, C2PSA) are not supported" in info["skipped"]
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the CPU behaviour")

@@ -131,6 +131,60 @@ def head_output_convs(model: nn.Module) -> list[nn.Module]:
     return [m for h in detect_heads for m in h.modules() if isinstance(m, nn.Conv2d)]
 
 
+def _conv_slice(conv_block: nn.Module, start: int, stop: int) -> nn.Module:
+    """A copy of an ultralytics Conv (conv + BatchNorm + activation) keeping output channels start:stop."""
+    part = copy.deepcopy(conv_block)
+    conv, norm = part.conv, part.bn
+    conv.weight = nn.Parameter(conv.weight.detach()[start:stop].clone())
+    conv.out_channels = stop - start
+    norm.weight = nn.Parameter(norm.weight.detach()[start:stop].clone())
+    norm.bias = nn.Parameter(norm.bias.detach()[start:stop].clone())
+    norm.running_mean = norm.running_mean[start:stop].clone()
+    norm.running_var = norm.running_var[start:stop].clone()
+    norm.num_features = stop - start
+    return part
+
+
+class SplitFreeC2f(nn.Module):
+    """ultralytics' C2f (and C3k2) block with its first 1x1 convolution cut in two (`cv0`, `cv1`) instead
+    of one convolution whose output is `chunk`ed: the same function and weights, in a form Torch-Pruning
+    can prune (its dependency graph does not follow channels through a chunk of a pruned layer)."""
+
+    def __init__(self, block: nn.Module) -> None:
+        super().__init__()
+        self.c = block.c
+        self.cv0, self.cv1 = _conv_slice(block.cv1, 0, block.c), _conv_slice(block.cv1, block.c, 2 * block.c)
+        self.cv2, self.m = block.cv2, block.m
+        for attr in ("f", "i", "type", "np"):  # what ultralytics' model loop reads of each layer
+            if hasattr(block, attr):
+                setattr(self, attr, getattr(block, attr))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = [self.cv0(x), self.cv1(x)]
+        y.extend(m(y[-1]) for m in self.m)
+        return self.cv2(torch.cat(y, 1))
+
+
+def split_free_c2f(model: nn.Module) -> int:
+    """Replace every C2f / C3k2 block of an ultralytics model by `SplitFreeC2f`, in place; returns how many."""
+    try:
+        from ultralytics.nn.modules.block import C2f
+    except ImportError:
+        return 0
+    count = 0
+    for parent in list(model.modules()):
+        for name, child in list(parent.named_children()):
+            if isinstance(child, C2f) and hasattr(child.cv1, "bn"):
+                setattr(parent, name, SplitFreeC2f(child))
+                count += 1
+    return count
+
+
+# ultralytics attention blocks (yolo11's C2PSA, yolo12's A2C2f): building Torch-Pruning's dependency
+# graph of yolo11n exhausted an 8 GB memory limit after 80 s, so they are refused up front
+UNPRUNABLE_BLOCKS = ("C2PSA", "PSA", "A2C2f", "AAttn", "Attention")
+
+
 def pruned_variant(detector: Detector, ratio: float, example: torch.Tensor,
                    finetune: Callable[[Detector], dict[str, Any]] | None = None,
                    ) -> tuple[Detector | None, dict[str, Any]]:
@@ -141,16 +195,23 @@ def pruned_variant(detector: Detector, ratio: float, example: torch.Tensor,
     pruned network while it still has its BatchNorm layers; what it returns is recorded under
     "finetune". Without it the accuracy pruning alone costs is the number reported.
 
-    An architecture Torch-Pruning's dependency graph cannot handle (e.g. ultralytics' C2f blocks, whose
-    `split` needs Torch-Pruning's own rewrite of the block) is returned as skipped with the error.
+    ultralytics C2f / C3k2 blocks are first rewritten split-free (`SplitFreeC2f`, same function). An
+    architecture Torch-Pruning cannot handle (attention blocks, `UNPRUNABLE_BLOCKS`, refused up front;
+    any other failure of its graph) is returned as skipped with the reason.
     """
     from edgecompress.detect import fuse_yolov5, unfused_yolov5
     from edgecompress.prune import PruneConfig, prune_model
 
     # YOLOv5 inference models are Conv+BN fused; pruning the unfused network lets the BatchNorm layers
     # go with their channels (measured: 5% of channels cost 0.72 -> 0.11 mAP@.5 unfused, -> 0.0002 fused)
+    blocks = sorted({type(m).__name__ for m in detector.model.modules()} & set(UNPRUNABLE_BLOCKS))
+    if blocks:
+        return None, {"skipped": f"Torch-Pruning is not run on {detector.arch}: its attention blocks "
+                                 f"({', '.join(blocks)}) are not supported (the dependency graph of yolo11n "
+                                 "exhausted 8 GB of memory)"}
     yolov5 = detector.family == "yolov5"
     model = unfused_yolov5(detector.weights) if yolov5 else copy.deepcopy(detector.model).cpu().eval()
+    rewritten = 0 if yolov5 else split_free_c2f(model)
     try:
         report = prune_model(RawHead(model), example[:1].cpu(), PruneConfig(ratio=ratio, importance="l1"),
                              ignored_layers=head_output_convs(model))
@@ -164,6 +225,7 @@ def pruned_variant(detector: Detector, ratio: float, example: torch.Tensor,
     if yolov5:
         variant = replace(variant, model=fuse_yolov5(variant.model))
     how = f"fine-tuned {tuned['epochs']} epochs on {tuned['images']} images" if tuned else "no fine-tuning"
+    how += f"; {rewritten} C2f blocks made split-free first" if rewritten else ""
     return variant, {"method": f"Torch-Pruning L1, ratio {ratio} per layer, head kept, {how}",
                      **{k: report[k] for k in ("params_before", "params_after", "macs_before", "macs_after",
                                                "mac_ratio_removed", "param_ratio_removed")},

@@ -9,7 +9,8 @@ Two routes, by family:
 - `yolov5` (original checkpoints, which ultralytics' trainer cannot load) and `torchvision`: one loop,
   `fit_detector`, with the family's loss: YOLOv5's `ComputeLoss` (from the `yolov5` package, with its
   default hyper-parameters scaled as its train script scales them) or the loss dict torchvision
-  detectors return in training mode. Mean losses per epoch and the mAP of `detect.evaluate_detector`
+  detectors return in training mode. The same loop fine-tunes pruned networks of every family (with
+  ultralytics' own `model.loss` for theirs: its trainer would rebuild the unpruned model from the yaml). Mean losses per epoch and the mAP of `detect.evaluate_detector`
   on the evaluation subset (the number detect_eval reports) are logged.
 
 No checkpoint is selected on the evaluation subset: the last epoch's weights are kept (the per-epoch
@@ -126,6 +127,33 @@ class YoloV5Loss:
         return loss.sum(), dict(zip(self.parts, (float(v) for v in items)))
 
 
+class UltralyticsLoss:
+    """ultralytics' own detection loss (`model.loss`: box IoU, class BCE and distribution focal loss)
+    with ultralytics' default gains; for networks its trainer cannot take, e.g. pruned ones (the
+    trainer rebuilds a model from its yaml). Returns the loss it back-propagates and its parts."""
+
+    def __init__(self, model: nn.Module) -> None:
+        from ultralytics.cfg import get_cfg
+        from ultralytics.utils import DEFAULT_CFG
+
+        if not hasattr(getattr(model, "args", None), "box"):  # a checkpoint's args are a plain dict
+            model.args = get_cfg(DEFAULT_CFG)
+        model.criterion = None  # built by model.loss for this network
+
+    def __call__(self, model: nn.Module, images: list[torch.Tensor], boxes: list[torch.Tensor],
+                 labels: list[torch.Tensor]) -> tuple[torch.Tensor, dict[str, float]]:
+        batch = torch.stack(images)
+        size = torch.tensor(batch.shape[-1:-3:-1] * 2, dtype=torch.float32, device=batch.device)  # w, h, w, h
+        index = torch.cat([torch.full((len(b),), float(i), device=batch.device) for i, b in enumerate(boxes)])
+        xyxy = torch.cat(boxes)
+        xywh = torch.cat([(xyxy[:, :2] + xyxy[:, 2:]) / 2, xyxy[:, 2:] - xyxy[:, :2]], dim=1) / size
+        loss, items = model.loss({"img": batch, "batch_idx": index, "cls": torch.cat(labels)[:, None].float(),
+                                  "bboxes": xywh})
+        parts = (items.items() if isinstance(items, dict)
+                 else zip(("box_loss", "cls_loss", "dfl_loss"), items))
+        return loss.sum(), {k.removesuffix("_loss"): float(v) for k, v in parts}
+
+
 class TorchvisionLoss:
     """torchvision detectors compute their own losses in training mode (a dict); the sum is trained."""
 
@@ -149,8 +177,8 @@ def fit_detector(detector: Detector, train_ds: Any, *, epochs: int, batch_size: 
                  lr: float, momentum: float, weight_decay: float, hflip: float, seed: int,
                  freeze_batchnorm: bool = False, evaluate: Callable[[Detector], dict[str, Any]] | None = None,
                  logger: Logger | None = None, desc: str = "detect_train") -> dict[str, Any]:
-    """Fine-tune `detector.model` in place (yolov5 with BatchNorm layers, i.e. unfused, or torchvision)
-    on `train_ds` with a per-epoch cosine schedule; the last epoch's weights are kept.
+    """Fine-tune `detector.model` in place (yolov5 with its BatchNorm layers, i.e. unfused; ultralytics;
+    torchvision) on `train_ds` with a per-epoch cosine schedule; the last epoch's weights are kept.
 
     `evaluate(detector)` (e.g. `evaluate_detector` on the evaluation subset) runs after each epoch and
     its "map" / "map_50" are logged beside the mean loss parts.
@@ -166,9 +194,6 @@ def fit_detector(detector: Detector, train_ds: Any, *, epochs: int, batch_size: 
     """
     from tqdm.auto import tqdm
 
-    if detector.family not in ("yolov5", "torchvision"):
-        raise EdgecompressError(f"fit_detector trains the yolov5 and torchvision families, not {detector.family} "
-                                "(ultralytics models train with ultralytics' trainer: train_ultralytics)")
     model, device = detector.model, detector.device
     label_map = dataset_to_model_classes(train_ds.classes, detector.output_classes)
     data = DetectionTrainSet(train_ds, imgsz=detector.imgsz, letterboxed=detector.letterboxed, label_map=label_map,
@@ -178,7 +203,8 @@ def fit_detector(detector: Detector, train_ds: Any, *, epochs: int, batch_size: 
     generator = torch.Generator().manual_seed(seed)
     loader = torch.utils.data.DataLoader(data, batch_size=batch_size, shuffle=True, num_workers=workers,
                                          collate_fn=collate, generator=generator, drop_last=False)
-    loss_fn = YoloV5Loss(model, detector.imgsz) if detector.family == "yolov5" else TorchvisionLoss()
+    loss_fn = {"yolov5": lambda: YoloV5Loss(model, detector.imgsz), "ultralytics": lambda: UltralyticsLoss(model),
+               "torchvision": TorchvisionLoss}[detector.family]()
     opt = make_optimizer([p for p in model.parameters() if p.requires_grad], optimizer, lr=lr, momentum=momentum,
                          weight_decay=weight_decay)
     scheduler = make_scheduler(opt, schedule="cosine", epochs=epochs, step_size=1, gamma=1.0)
