@@ -54,7 +54,8 @@ def main() -> None:
                              "warmup_batches": params.warmup_batches, "threads": params.threads,
                              "agreement_points": params.map_agreement_points}.items()},
                "environment": environment_fingerprint(params.threads, str(device)), "models": results}
-    detect_report.write_plots(metrics, plots)
+    detect_report.write_plots(metrics, plots)  # git-tracked: REPORT.md embeds these
+    detect_report.write_plots(metrics, args.visualizations)  # the same two, beside the visualizations (DVC-cached)
     write_json(args.metrics, metrics)
 
 

@@ -110,6 +110,7 @@ def test_detection_pipeline_smoke_run_random_weights(repo_copy: Path, tmp_path: 
     assert metrics["models"]["v5"]["nms"] == "torchvision batched_nms (timed)"
     for plot in ("map50_vs_inference_time", "map_vs_total_inference_time"):
         assert (det / "plots" / f"{plot}.png").read_bytes()[:4] == b"\x89PNG"
+        assert (det / "plots" / "detection" / f"{plot}.png").read_bytes() == (det / "plots" / f"{plot}.png").read_bytes()
     trained = json.loads((det / "metrics" / "detect_train.json").read_text())
     assert trained["trainer"] == "ultralytics YOLO.train" and trained["train_images"] == 1
     assert [row["epoch"] for row in trained["history"]] == [1] and "train/box_loss" in trained["history"][0]

@@ -186,3 +186,18 @@ def test_freeze_batchnorm_keeps_the_running_statistics(tmp_path: Path, freeze: b
     unchanged = all(torch.equal(b, m.running_mean) for b, m in zip(before, norms))
     assert unchanged == freeze
     assert any(not torch.equal(s, m.weight) for s, m in zip(scales, norms))  # scale and shift still train
+
+
+def test_fine_tuning_repeats_itself_with_the_same_seed(tmp_path: Path) -> None:
+    safe = tmp_path / "v5.safe.pt"
+    import_yolov5(write_yolov5_checkpoint(tmp_path / "v5.pt"), safe)
+    states = []
+    for _ in range(2):
+        torch.manual_seed(123 + len(states))  # a different global state before each run: the seed must win
+        detector = load_detector("v5", family="yolov5", arch=None, weights=str(safe), dataset_classes=COCO_FIRST,
+                                 imgsz=64)
+        detector = replace(detector, model=unfused_yolov5(safe))
+        dt.fit_detector(detector, tiny_dataset(tmp_path), epochs=2, batch_size=1, workers=0, optimizer="sgd", lr=0.01,
+                        momentum=0.9, weight_decay=0.0, hflip=0.5, seed=7)
+        states.append(detector.model.state_dict())
+    assert all(torch.equal(states[0][k], states[1][k]) for k in states[0])

@@ -35,7 +35,7 @@ import torch.nn as nn
 
 from edgecompress import EdgecompressError
 from edgecompress.detect import Detector, letterbox, read_image
-from edgecompress.train import Logger, make_scheduler
+from edgecompress.train import Logger, make_scheduler, seed_everything
 
 log = logging.getLogger(__name__)
 
@@ -194,6 +194,7 @@ def fit_detector(detector: Detector, train_ds: Any, *, epochs: int, batch_size: 
     """
     from tqdm.auto import tqdm
 
+    seed_everything(seed, deterministic_kernels=False)  # the flips and the shuffle: a rerun repeats itself
     model, device = detector.model, detector.device
     label_map = dataset_to_model_classes(train_ds.classes, detector.output_classes)
     data = DetectionTrainSet(train_ds, imgsz=detector.imgsz, letterboxed=detector.letterboxed, label_map=label_map,
