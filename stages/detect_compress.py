@@ -10,10 +10,10 @@ import torch
 
 from edgecompress import detect_compress as dc
 from edgecompress import detect_data, detect_report
-from edgecompress.detect import evaluate_detector, evaluation_settings, load_detector
+from edgecompress.detect import evaluate_detector, evaluation_settings, load_detector, subset_monitor
 from edgecompress.io import write_json
-from edgecompress.detect_train import fit_detector
-from edgecompress.params import DetectionPipelineParams, as_dict, load_params
+from edgecompress.detect_train import fit_detector, loop_settings
+from edgecompress.params import DetectionPipelineParams, load_params
 from edgecompress.pipeline import log, run_stage, stage_args
 from edgecompress.train import resolve_device
 
@@ -28,14 +28,11 @@ def pruned_finetune(params, train_dir: str, subset):
         log.warning("pruned variant not fine-tuned: the training split is empty (every source image is evaluated)")
         return None
     # BatchNorm statistics are re-estimated: pruning changed every activation they describe
-    hyper = {k: v for k, v in as_dict(params.train).items() if k not in ("model", "device", "epochs")}
-    hyper["freeze_batchnorm"] = False
-    settings = {**evaluation_settings(params), "warmup_batches": 0}
+    hyper = {**loop_settings(params.train), "epochs": params.compress.finetune_epochs, "freeze_batchnorm": False}
+    evaluate = subset_monitor(params, subset)
 
     def finetune(pruned):
-        return fit_detector(pruned, train, epochs=params.compress.finetune_epochs, seed=params.seed, desc="pruned",
-                            evaluate=lambda d: evaluate_detector(d, subset, batch_size=max(params.batch_sizes),
-                                                                 **settings)[0], **hyper)
+        return fit_detector(pruned, train, seed=params.seed, desc="pruned", evaluate=evaluate, **hyper)
     return finetune
 
 

@@ -13,9 +13,9 @@ import torch
 
 from edgecompress import detect_data
 from edgecompress import detect_train as dt
-from edgecompress.detect import evaluate_detector, evaluation_settings, fuse_yolov5, load_detector, unfused_yolov5
+from edgecompress.detect import fuse_yolov5, load_detector, subset_monitor, unfused_yolov5
 from edgecompress.io import write_json
-from edgecompress.params import DetectionPipelineParams, as_dict, load_params
+from edgecompress.params import DetectionPipelineParams, load_params
 from edgecompress.pipeline import log, run_stage, stage_args
 from edgecompress.train import resolve_device, seed_everything
 
@@ -31,7 +31,7 @@ def main() -> None:
     params = load_params(args.params, DetectionPipelineParams).detection
     spec = params.train
     torch.set_num_threads(params.threads)
-    seed_everything(params.seed, deterministic_kernels=False)  # detection losses use scatter ops without them
+    seed_everything(params.seed, deterministic_kernels=False)  # random initial weights (yaml / builder) repeat
     device = resolve_device(spec.device)
     subset, train = detect_data.load_subset(args.data), detect_data.load_subset(args.train_data)
     if not train.images:  # the pipeline stays runnable when the whole source is evaluated
@@ -43,15 +43,10 @@ def main() -> None:
     chosen = params.models[spec.model]
     detector = load_detector(spec.model, family=chosen.family, arch=chosen.arch, weights=chosen.weights,
                              dataset_classes=subset.classes, imgsz=params.imgsz, device=device)
-    settings = evaluation_settings(params)
-    batch_size = max(params.batch_sizes)
-
-    def evaluate(candidate):
-        return evaluate_detector(candidate, subset, batch_size=batch_size, **{**settings, "warmup_batches": 0})[0]
-
+    evaluate = subset_monitor(params, subset)
     before = evaluate(detector)
     out = Path(args.out_dir) / f"{spec.model}.pt"
-    hyper = {k: v for k, v in as_dict(spec).items() if k not in ("model", "device")}
+    hyper = dt.loop_settings(spec)
     from dvclive import Live
 
     with Live(dir=args.live, save_dvc_exp=False, dvcyaml=None, report=None) as live:

@@ -458,6 +458,13 @@ def evaluate_detector(detector: Detector, ds: Any, *, batch_size: int, conf_thre
     return row, deployed
 
 
+def subset_monitor(params: Any, ds: Any) -> Callable[[Detector], dict[str, Any]]:
+    """`evaluate_detector` on `ds` with the `detection` params block's settings, at its largest batch
+    size and without warm-up: the per-epoch mAP of fine-tuning (accuracy only; its times are not reported)."""
+    settings = {**evaluation_settings(params), "warmup_batches": 0}
+    return lambda detector: evaluate_detector(detector, ds, batch_size=max(params.batch_sizes), **settings)[0]
+
+
 def evaluation_settings(params: Any) -> dict[str, Any]:
     """`evaluate_detector`'s keyword arguments from the `detection` params block."""
     return {"conf_threshold": params.conf_threshold, "map_conf_threshold": params.map_conf_threshold,

@@ -28,9 +28,6 @@ from edgecompress.detect import Detector, letterbox, read_image
 
 log = logging.getLogger(__name__)
 
-VARIANTS = ("fp32", "onnx_fp32", "onnx_int8", "pruned", "fp16", "fx_int8")
-
-
 class RawHead(nn.Module):
     """The detector's raw head tensor only (YOLO heads return (predictions, features) in eval mode)."""
 
@@ -202,13 +199,13 @@ def pruned_variant(detector: Detector, ratio: float, example: torch.Tensor,
     from edgecompress.detect import fuse_yolov5, unfused_yolov5
     from edgecompress.prune import PruneConfig, prune_model
 
-    # YOLOv5 inference models are Conv+BN fused; pruning the unfused network lets the BatchNorm layers
-    # go with their channels (measured: 5% of channels cost 0.72 -> 0.11 mAP@.5 unfused, -> 0.0002 fused)
     blocks = sorted({type(m).__name__ for m in detector.model.modules()} & set(UNPRUNABLE_BLOCKS))
     if blocks:
         return None, {"skipped": f"Torch-Pruning is not run on {detector.arch}: its attention blocks "
                                  f"({', '.join(blocks)}) are not supported (the dependency graph of yolo11n "
                                  "exhausted 8 GB of memory)"}
+    # YOLOv5 inference models are Conv+BN fused; pruning the unfused network lets the BatchNorm layers
+    # go with their channels (measured: 5% of channels cost 0.72 -> 0.11 mAP@.5 unfused, -> 0.0002 fused)
     yolov5 = detector.family == "yolov5"
     model = unfused_yolov5(detector.weights) if yolov5 else copy.deepcopy(detector.model).cpu().eval()
     rewritten = 0 if yolov5 else split_free_c2f(model)

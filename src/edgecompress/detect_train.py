@@ -35,11 +35,11 @@ import torch.nn as nn
 
 from edgecompress import EdgecompressError
 from edgecompress.detect import Detector, letterbox, read_image
+from edgecompress.params import DETECTION_OPTIMIZERS, as_dict
 from edgecompress.train import Logger, make_scheduler, seed_everything
 
 log = logging.getLogger(__name__)
 
-OPTIMIZERS = ("sgd", "adamw")
 # YOLOv5's hyp.scratch-low.yaml loss settings (the package's defaults for training)
 YOLOV5_LOSS_HYP = {"box": 0.05, "cls": 0.5, "cls_pw": 1.0, "obj": 1.0, "obj_pw": 1.0, "anchor_t": 4.0,
                    "fl_gamma": 0.0, "label_smoothing": 0.0}
@@ -164,13 +164,19 @@ class TorchvisionLoss:
         return sum(losses.values()), {k.removeprefix("loss_"): float(v.detach()) for k, v in losses.items()}
 
 
+def loop_settings(spec: Any) -> dict[str, Any]:
+    """The training keyword arguments of `fit_detector` / `train_ultralytics` from a `detection.train`
+    params block (all but the model to train and the device)."""
+    return {k: v for k, v in as_dict(spec).items() if k not in ("model", "device")}
+
+
 def make_optimizer(params: Sequence[nn.Parameter], name: str, *, lr: float, momentum: float,
                    weight_decay: float) -> torch.optim.Optimizer:
     if name == "sgd":
         return torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay, nesterov=momentum > 0)
     if name == "adamw":
         return torch.optim.AdamW(params, lr=lr, betas=(momentum, 0.999), weight_decay=weight_decay)
-    raise EdgecompressError(f"detection.train.optimizer={name!r} is invalid: allowed: {', '.join(OPTIMIZERS)}")
+    raise EdgecompressError(f"detection.train.optimizer={name!r} is invalid: allowed: {', '.join(DETECTION_OPTIMIZERS)}")
 
 
 def fit_detector(detector: Detector, train_ds: Any, *, epochs: int, batch_size: int, workers: int, optimizer: str,
