@@ -20,7 +20,7 @@ from edgecompress.train import resolve_device
 
 def pruned_finetune(params, train_dir: str, subset):
     """The pruned network's fine-tuning (`compress.finetune_epochs` with detection.train's optimizer
-    settings on the training split), or None; its per-epoch subset mAP is recorded."""
+    settings on the training split), or None; its subset mAP before and after each epoch is recorded."""
     if params.compress.finetune_epochs == 0:
         return None
     train = detect_data.load_subset(train_dir)
@@ -32,7 +32,9 @@ def pruned_finetune(params, train_dir: str, subset):
     evaluate = subset_monitor(params, subset)
 
     def finetune(pruned):
-        return fit_detector(pruned, train, seed=params.seed, desc="pruned", evaluate=evaluate, **hyper)
+        before = evaluate(pruned)  # what pruning alone left
+        result = fit_detector(pruned, train, seed=params.seed, desc="pruned", evaluate=evaluate, **hyper)
+        return {**result, "before": {"map": before["map"], "map_50": before["map_50"]}}
     return finetune
 
 

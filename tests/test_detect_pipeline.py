@@ -123,6 +123,7 @@ def test_detection_pipeline_smoke_run_random_weights(repo_copy: Path, tmp_path: 
     assert "CUDA only" in compress["variants"]["fp16"]["skipped"]
     pruned = compress["variants"]["pruned"]
     assert pruned["params_after"] < pruned["params_before"] and pruned["finetune"]["epochs"] == 1
+    assert 0 <= pruned["finetune"]["before"]["map_50"] <= 1
     assert "fine-tuned 1 epochs on 1 images" in pruned["method"]
     for name in ("fp32", "onnx_fp32", "onnx_int8", "pruned"):
         assert compress["variants"][name]["timing"]["images"] == 2

@@ -127,8 +127,11 @@ def _compress_section(compress: dict[str, Any], plots_dir: Path, report_dir: Pat
     tuned = (compress["variants"].get("pruned") or {}).get("finetune")
     if tuned:
         curve = ", ".join(f"{_fmt(row.get('val/map_50'))}" for row in tuned["history"])
+        before = tuned.get("before", {}).get("map_50")
         out += ["", f"The pruned network was fine-tuned {tuned['epochs']} epochs on {tuned['images']} training images "
-                f"({tuned['seconds']:.0f} s); evaluation-subset mAP@.5 after each epoch: {curve}."]
+                f"({tuned['seconds']:.0f} s); evaluation-subset mAP@.5 "
+                + (f"{_fmt(before)} before fine-tuning, " if before is not None else "")
+                + f"after each epoch: {curve}."]
     return out + [""]
 
 

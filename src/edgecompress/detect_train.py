@@ -191,9 +191,9 @@ def fit_detector(detector: Detector, train_ds: Any, *, epochs: int, batch_size: 
 
     `freeze_batchnorm` keeps BatchNorm running statistics as they are (the layers stay in eval mode;
     their scale and shift still train), as detection fine-tuning usually does with small batches.
-    Measured on yolov5n: re-estimating the statistics on the 96 letterboxed training images alone
-    (learning rate ~0) lowered subset mAP@.5 62.0 -> 57.8, while for a pruned network re-estimating them
-    is most of the recovery (7.7 -> 16.7).
+    Measured on yolov5n (docs/experiments/detect_finetune_probes.py): re-estimating the statistics on the
+    96 letterboxed training images alone (learning rate ~0) lowers subset mAP@.5 62.0 -> 58.0, while a
+    pruned network needs them re-estimated (detect_compress does).
 
     Returns:
         {"epochs", "images", "dropped_boxes", "seconds", "history": [{epoch, lr, loss, <parts>, map, map_50}]}.

@@ -378,7 +378,7 @@ class DetectionTrainParams:
     batch_size: int = 8
     workers: int = 0  # DataLoader worker processes
     optimizer: str = "sgd"  # sgd | adamw
-    lr: float = 0.0001  # measured on yolov5n (frozen BatchNorm): 1e-3 for 3 epochs lowered subset mAP@.5 62.0 -> 57.2
+    lr: float = 0.0001  # 1e-3 lowers yolov5n's subset mAP (docs/experiments/detect_finetune_probes.py)
     momentum: float = 0.937  # SGD momentum / AdamW beta1 (YOLOv5's default)
     weight_decay: float = 0.0005
     hflip: float = 0.5  # probability of a horizontal flip
