@@ -13,191 +13,67 @@ preprocess exactly as training did.
 from __future__ import annotations
 
 import logging
-import pickle
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 
 from edgecompress import EdgecompressError
+from edgecompress.config import ParamError, Settings, build, check, check_choice
+from edgecompress.datasets import DATASETS, dataset_names
 from edgecompress.io import load_torch, read_json, save_torch, write_json
 
 logger = logging.getLogger(__name__)
 
 SPLITS = ("train", "val", "test")
-IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".webp"}
-AUGMENT_KEYS = ("hflip", "crop_padding", "color_jitter", "rotation", "random_erasing")
-_CIFAR = {  # name -> (folder, train files, test file, meta file, label key, class-name key)
-    "cifar10": ("cifar-10-batches-py", [f"data_batch_{i}" for i in range(1, 6)], "test_batch",
-                "batches.meta", b"labels", b"label_names"),
-    "cifar100": ("cifar-100-python", ["train"], "test", "meta", b"fine_labels", b"fine_label_names"),
-}
-_CIFAR_LAYOUT = {
-    "cifar10": "<root>/cifar-10-batches-py/{data_batch_1..5,test_batch,batches.meta}",
-    "cifar100": "<root>/cifar-100-python/{train,test,meta}",
-}
 
 
-@dataclass
-class RawData:
-    """A loaded data set before splitting: pool "all" (split is carved) or "train"/"test"[/"val"]."""
+@dataclass(frozen=True)
+class DataParams(Settings):
+    """The `data` block: which data set, where, and how it is split (stage prepare)."""
 
-    classes: list[str]
-    pools: dict[str, tuple[torch.Tensor, torch.Tensor]]  # pool -> (uint8 N x 3 x S x S, int64 N)
+    name: str = "digits"  # digits | cifar10 | cifar100 | imagefolder
+    root: str | None = None  # data set location for cifar10/cifar100/imagefolder
+    image_size: int = 32  # pixels, square
+    val_fraction: float = 0.15
+    test_fraction: float = 0.15
+    max_samples: int | None = None  # stratified cap on images (None = all)
+    seed: int = 0
 
-
-def _resize_uint8(images: torch.Tensor, size: int, chunk: int = 1024) -> torch.Tensor:
-    """Bilinear resize of a uint8 N x 3 x H x W batch to size x size, in chunks to bound memory."""
-    if tuple(images.shape[-2:]) == (size, size):
-        return images
-    out = torch.empty((images.shape[0], images.shape[1], size, size), dtype=torch.uint8)
-    for start in range(0, images.shape[0], chunk):
-        part = F.interpolate(images[start:start + chunk].float(), size=(size, size), mode="bilinear",
-                             align_corners=False, antialias=True)
-        out[start:start + chunk] = part.round_().clamp_(0, 255).to(torch.uint8)
-    return out
-
-
-def _load_digits(root: str | None, image_size: int) -> RawData:
-    """sklearn's 1,797 8x8 handwritten digits (shipped with scikit-learn, no download); root ignored."""
-    from sklearn.datasets import load_digits
-
-    digits = load_digits()
-    pixels = torch.from_numpy(np.rint(digits.images * (255.0 / 16.0))).to(torch.uint8)
-    images = _resize_uint8(pixels.unsqueeze(1).repeat(1, 3, 1, 1).contiguous(), image_size)
-    labels = torch.from_numpy(digits.target.astype(np.int64))
-    return RawData([str(n) for n in digits.target_names], {"all": (images, labels)})
+    def validate(self) -> None:
+        check_choice(self.name, "name", dataset_names())
+        check(self.name == "digits" or bool(self.root), "root", self.root, f"data set '{self.name}' needs a local path")
+        check(self.image_size >= 8, "image_size", self.image_size, "must be an integer >= 8")
+        for key in ("val_fraction", "test_fraction"):
+            value = getattr(self, key)
+            check(0 < value < 1, key, value, "must be a number in (0, 1)")
+        check(self.val_fraction + self.test_fraction < 1, "test_fraction", self.test_fraction,
+              "val_fraction + test_fraction must be < 1")
+        check(self.max_samples is None or self.max_samples >= 1, "max_samples", self.max_samples,
+              "must be null or an integer >= 1")
 
 
-def _read_pickle(path: Path) -> dict:
-    try:
-        with path.open("rb") as handle:
-            # The official python-version files are pickles; encoding="bytes" as in the CIFAR docs.
-            data = pickle.load(handle, encoding="bytes")
-    except Exception as exc:  # corrupt/truncated files raise many types
-        raise EdgecompressError(f"{path}: cannot read CIFAR pickle ({type(exc).__name__}: {exc})") from None
-    if not isinstance(data, dict):
-        raise EdgecompressError(f"{path}: expected a pickled dict, got {type(data).__name__}")
-    # Tolerate str keys (files re-saved from Python 3) as well as the official bytes keys.
-    return {k.encode() if isinstance(k, str) else k: v for k, v in data.items()}
+@dataclass(frozen=True)
+class AugmentParams(Settings):
+    """`train.augment`: per-sample augmentation of the training split (`make_loader`), 0 = off."""
+
+    hflip: bool = False  # off for digits: a mirrored digit is another glyph
+    crop_padding: int = 4  # pixels of padding for random crop, 0 = off
+    color_jitter: float = 0.2  # brightness/contrast/saturation strength, 0 = off
+    rotation: float = 15.0  # degrees, 0 = off
+    random_erasing: float = 0.0  # probability of erasing a random rectangle (Zhong et al.), 0 = off
+
+    def validate(self) -> None:
+        check(0 <= self.random_erasing <= 1, "random_erasing", self.random_erasing, "must be a probability in [0, 1]")
+        check(self.crop_padding >= 0, "crop_padding", self.crop_padding, "must be an integer >= 0")
+        check(0 <= self.color_jitter <= 1, "color_jitter", self.color_jitter, "must be a number in [0, 1]")
+        check(0 <= self.rotation <= 180, "rotation", self.rotation, "must be degrees in [0, 180]")
 
 
-def _load_cifar(name: str, root: str | None, image_size: int) -> RawData:
-    """CIFAR-10/100 python-pickle layout. The pickles are read directly rather than through
-    torchvision.datasets.CIFAR*, whose md5 integrity check rejects any non-official (e.g. test) file;
-    the parsing is the same as torchvision's."""
-    folder, train_files, test_file, meta_file, label_key, names_key = _CIFAR[name]
-    expects = f"{name} expects {_CIFAR_LAYOUT[name]} (python pickle version)"
-    if root is None:
-        raise EdgecompressError(f"data.root=None: a root folder is required; {expects}")
-    base = Path(root)
-    if not base.is_dir():
-        raise EdgecompressError(f"data.root='{root}': not found; {expects}")
-    if (base / folder).is_dir():  # root may be the parent or the folder itself
-        base = base / folder
-    for fname in [*train_files, test_file, meta_file]:
-        if not (base / fname).is_file():
-            raise EdgecompressError(f"data.root='{root}': missing {base / fname}; {expects}")
-    meta = _read_pickle(base / meta_file)
-    if names_key not in meta:
-        raise EdgecompressError(f"{base / meta_file}: no {names_key.decode()!r} entry")
-    classes = [n.decode() if isinstance(n, bytes) else str(n) for n in meta[names_key]]
-    pools = {}
-    for pool, files in (("train", train_files), ("test", [test_file])):
-        images, labels = [], []
-        for fname in files:
-            batch = _read_pickle(base / fname)
-            if b"data" not in batch or label_key not in batch:
-                raise EdgecompressError(f"{base / fname}: expected keys b'data' and {label_key!r}")
-            data = np.asarray(batch[b"data"], dtype=np.uint8)
-            if data.ndim != 2 or data.shape[1] != 3072 or len(batch[label_key]) != data.shape[0]:
-                raise EdgecompressError(f"{base / fname}: data must be N x 3072 with N labels, "
-                                        f"got {data.shape} and {len(batch[label_key])} labels")
-            images.append(torch.from_numpy(data.reshape(-1, 3, 32, 32).copy()))  # rows are R,G,B planes
-            labels.append(torch.as_tensor(batch[label_key], dtype=torch.int64))
-        lab = torch.cat(labels)
-        if len(lab) and (lab.min() < 0 or lab.max() >= len(classes)):
-            raise EdgecompressError(f"{base}: {pool} labels outside 0..{len(classes) - 1}")
-        pools[pool] = (_resize_uint8(torch.cat(images), image_size), lab)
-    return RawData(classes, pools)
-
-
-def _load_image(path: Path, size: int) -> torch.Tensor:
-    """Load as RGB, resize the shorter side to `size`, center crop to size x size; uint8 3 x S x S."""
-    from PIL import Image
-
-    try:
-        with Image.open(path) as img:
-            img = img.convert("RGB")
-    except Exception as exc:  # PIL raises UnidentifiedImageError, OSError, ValueError, ...
-        raise EdgecompressError(f"{path}: cannot read image ({type(exc).__name__}: {exc})") from None
-    w, h = img.size
-    scale = size / min(w, h)
-    new_w, new_h = max(size, round(w * scale)), max(size, round(h * scale))
-    img = img.resize((new_w, new_h), Image.BILINEAR)
-    left, top = (new_w - size) // 2, (new_h - size) // 2
-    img = img.crop((left, top, left + size, top + size))
-    return torch.from_numpy(np.asarray(img, dtype=np.uint8).transpose(2, 0, 1).copy())
-
-
-def _class_dirs(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
-
-
-def _load_tree(folder: Path, classes: list[str], image_size: int) -> tuple[torch.Tensor, torch.Tensor]:
-    from tqdm import tqdm
-
-    items: list[tuple[Path, int]] = []
-    for cdir in _class_dirs(folder):
-        if cdir.name not in classes:
-            raise EdgecompressError(f"{cdir}: class folder not among the train classes {classes}")
-        files = sorted(p for p in cdir.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
-        if not files:
-            raise EdgecompressError(f"{cdir}: class folder holds no images "
-                                    f"(expected {', '.join(sorted(IMAGE_EXTENSIONS))} files)")
-        items += [(p, classes.index(cdir.name)) for p in files]
-    images = [_load_image(p, image_size)
-              for p, _ in tqdm(items, desc=f"loading {folder.name}", disable=len(items) <= 500)]
-    return torch.stack(images), torch.tensor([c for _, c in items], dtype=torch.int64)
-
-
-def _load_imagefolder(root: str | None, image_size: int) -> RawData:
-    """One folder per class under root; split subfolders train/ + test/ (+ val/ or valid/) if present."""
-    expects = "imagefolder expects <root>/<class>/<image> or <root>/{train,test[,val]}/<class>/<image>"
-    if root is None:
-        raise EdgecompressError(f"data.root=None: a root folder is required; {expects}")
-    base = Path(root)
-    if not base.is_dir():
-        raise EdgecompressError(f"data.root='{root}': not found; {expects}")
-    split_dirs = {"train": base / "train", "test": base / "test", "val": base / "val"}
-    if not split_dirs["val"].is_dir():
-        split_dirs["val"] = base / "valid"
-    predefined = split_dirs["train"].is_dir() and split_dirs["test"].is_dir()
-    top = split_dirs["train"] if predefined else base
-    classes = [p.name for p in _class_dirs(top)]
-    if not classes:
-        raise EdgecompressError(f"data.root='{root}': no class folders in {top}; {expects}")
-    if not predefined:
-        return RawData(classes, {"all": _load_tree(base, classes, image_size)})
-    pools = {s: _load_tree(d, classes, image_size) for s, d in split_dirs.items() if d.is_dir()}
-    return RawData(classes, pools)
-
-
-DATASETS: dict[str, Callable[[str | None, int], RawData]] = {
-    "digits": _load_digits,
-    "cifar10": lambda root, size: _load_cifar("cifar10", root, size),
-    "cifar100": lambda root, size: _load_cifar("cifar100", root, size),
-    "imagefolder": _load_imagefolder,
-}
-
-
-def dataset_names() -> list[str]:
-    """Names accepted by `prepare_dataset(name=...)`."""
-    return list(DATASETS)
+AUGMENT_OFF = {"hflip": False, "crop_padding": 0, "color_jitter": 0.0, "rotation": 0.0, "random_erasing": 0.0}
 
 
 def _split_off(idx: np.ndarray, labels: np.ndarray, size: float | int, seed: int, classes: list[str],
@@ -238,23 +114,6 @@ def _channel_stats(images: torch.Tensor, chunk: int = 4096) -> tuple[list[float]
     return [round(float(v), 6) for v in mean], [round(float(v), 6) for v in std]
 
 
-def _validate(name: str, image_size: int, val_fraction: float, test_fraction: float,
-              max_samples: int | None) -> None:
-    if name not in DATASETS:
-        raise EdgecompressError(f"data.name='{name}': unknown data set; expected one of {dataset_names()}")
-    if isinstance(image_size, bool) or not isinstance(image_size, int) or image_size < 8:
-        raise EdgecompressError(f"data.image_size={image_size!r}: expected an integer >= 8")
-    for key, value in (("val_fraction", val_fraction), ("test_fraction", test_fraction)):
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < 1:
-            raise EdgecompressError(f"data.{key}={value!r}: expected a number in (0, 1)")
-    if val_fraction + test_fraction >= 1:
-        raise EdgecompressError(f"data.val_fraction + data.test_fraction = {val_fraction + test_fraction}: "
-                                "expected < 1 so that the train split is not empty")
-    if max_samples is not None and (isinstance(max_samples, bool) or not isinstance(max_samples, int)
-                                    or max_samples <= 0):
-        raise EdgecompressError(f"data.max_samples={max_samples!r}: expected a positive integer or null")
-
-
 def prepare_dataset(*, name: str, root: str | None, image_size: int, val_fraction: float,
                     test_fraction: float, max_samples: int | None, seed: int, out_dir: str | Path) -> dict:
     """Load a data set, split it (stratified, seeded) and cache it as uint8 tensors in `out_dir`.
@@ -270,7 +129,11 @@ def prepare_dataset(*, name: str, root: str | None, image_size: int, val_fractio
     Raises:
         EdgecompressError: bad parameters, missing/unreadable data, or a class too small to split.
     """
-    _validate(name, image_size, val_fraction, test_fraction, max_samples)
+    try:  # the same checks as params.yaml's `data` block, for direct callers
+        DataParams(name=name, root=root, image_size=image_size, val_fraction=val_fraction,
+                   test_fraction=test_fraction, max_samples=max_samples, seed=seed)
+    except ParamError as exc:
+        raise exc.prefixed("data") from None
     raw = DATASETS[name](root, image_size)
     classes, rng = raw.classes, np.random.default_rng(seed)
     carved = "all" in raw.pools
@@ -280,8 +143,8 @@ def prepare_dataset(*, name: str, root: str | None, image_size: int, val_fractio
     if max_samples is not None and max_samples < len(y):
         present = int((np.bincount(y, minlength=len(classes)) > 0).sum())
         if max_samples < present:
-            raise EdgecompressError(f"data.max_samples={max_samples}: expected at least the number of "
-                                    f"classes ({present}) so that every class is kept")
+            raise ParamError("data.max_samples", max_samples, f"must be at least the number of classes "
+                             f"({present}) so that every class is kept")
         idx, _ = _split_off(idx, y, len(y) - max_samples, seed, classes,
                             f"data.max_samples={max_samples}", part_needs_all=False)
     chosen: dict[str, np.ndarray] = {}
@@ -335,8 +198,7 @@ def load_meta(prepared_dir: str | Path) -> dict:
 
 def load_split(prepared_dir: str | Path, split: str) -> tuple[torch.Tensor, torch.Tensor]:
     """Load one cached split: (uint8 N x 3 x H x W images, int64 N labels)."""
-    if split not in SPLITS:
-        raise EdgecompressError(f"split={split!r}: expected one of {list(SPLITS)}")
+    check_choice(split, "split", SPLITS)
     path = Path(prepared_dir) / f"{split}.pt"
     data = load_torch(path, what=f"{split} split")
     images = data.get("images") if isinstance(data, dict) else None
@@ -357,22 +219,15 @@ def normalize_transform(meta: dict):
 
 
 def _build_augment(augment: dict | None, image_size: tuple[int, int]):
-    """v2 pipeline on uint8 CHW tensors from the `augment` dict; None when nothing is enabled."""
+    """v2 pipeline on uint8 CHW tensors from the `augment` dict (`AugmentParams` keys, validated as in
+    params.yaml); None when nothing is enabled."""
     from torchvision.transforms import v2
 
-    augment = dict(augment or {})
-    unknown = sorted(set(augment) - set(AUGMENT_KEYS))
-    if unknown:
-        raise EdgecompressError(f"train.augment.{unknown[0]}: unknown key; "
-                                f"expected {', '.join(AUGMENT_KEYS)}")
-    for key in AUGMENT_KEYS[1:]:
-        value = augment.get(key, 0) or 0
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
-            raise EdgecompressError(f"train.augment.{key}={value!r}: expected a number >= 0 (0 = off)")
-    erasing = augment.get("random_erasing", 0) or 0
-    if erasing > 1:
-        raise EdgecompressError(f"train.augment.random_erasing={erasing!r}: expected a probability in [0, 1] "
-                                "(0 = off)")
+    try:  # a key left out is off (not AugmentParams' default)
+        settings = build(AugmentParams, {**AUGMENT_OFF, **(augment or {})})
+    except ParamError as exc:
+        raise exc.prefixed("train.augment") from None
+    augment = settings.to_dict()
     ops = []
     if augment.get("crop_padding"):
         ops.append(v2.RandomCrop(image_size, padding=int(augment["crop_padding"])))
@@ -417,13 +272,13 @@ def make_loader(prepared_dir: str | Path, split: str, *, batch_size: int, train:
     workers, their seeds derive from the loader's generator. With `train=False` there is no shuffle
     and no augmentation. `max_samples` keeps the first N images of the split.
     """
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise EdgecompressError(f"batch_size={batch_size!r}: expected a positive integer")
+    check(isinstance(batch_size, int) and not isinstance(batch_size, bool) and batch_size >= 1, "batch_size",
+          batch_size, "must be an integer >= 1")
     meta = load_meta(prepared_dir)
     images, labels = load_split(prepared_dir, split)
     if max_samples is not None:
-        if isinstance(max_samples, bool) or not isinstance(max_samples, int) or max_samples <= 0:
-            raise EdgecompressError(f"max_samples={max_samples!r}: expected a positive integer or None")
+        check(isinstance(max_samples, int) and not isinstance(max_samples, bool) and max_samples >= 1,
+              "max_samples", max_samples, "must be null or an integer >= 1")
         images, labels = images[:max_samples], labels[:max_samples]
     transform = _build_augment(augment, tuple(images.shape[-2:])) if train else None
     dataset = _SplitDataset(images, labels, transform, normalize_transform(meta))

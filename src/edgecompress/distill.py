@@ -9,9 +9,25 @@ The T^2 factor keeps the soft term's gradient magnitude comparable to the hard t
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+
+from edgecompress.config import Settings, check
+
+
+@dataclass(frozen=True)
+class DistillParams(Settings):
+    """The `distill` block: the loss's two knobs."""
+
+    alpha: float = 0.7  # weight of the soft (teacher) term; 1 - alpha on hard labels
+    temperature: float = 4.0  # softmax temperature T
+
+    def validate(self) -> None:
+        check(0 <= self.alpha <= 1, "alpha", self.alpha, "must be a number in [0, 1]")
+        check(self.temperature > 0, "temperature", self.temperature, "must be a number > 0")
 
 
 def kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, targets: torch.Tensor,

@@ -1,4 +1,4 @@
-"""Atomic file output and safe checkpoint loading.
+"""Atomic file output, safe checkpoint loading, and image decoding with one-line errors.
 
 Every file a stage writes goes through `atomic_write`: the content is written to a temporary file in
 the same directory and renamed over the target, so a run killed mid-write leaves the previous file
@@ -143,6 +143,22 @@ def load_torch(path: str | Path, what: str = "checkpoint") -> Any:
         raise EdgecompressError(
             f"{path}: cannot load {what} safely with weights_only=True ({first_line(exc)})"
         ) from None
+
+
+def read_image(path: str | Path) -> Any:
+    """Decode an image file as an RGB `PIL.Image` (fully loaded, file closed).
+
+    Raises:
+        EdgecompressError: naming the file when it is unreadable, truncated or not an image.
+    """
+    from PIL import Image
+
+    try:
+        with Image.open(path) as image:
+            return image.convert("RGB")
+    except Exception as exc:  # noqa: BLE001 - PIL raises UnidentifiedImageError, OSError, ValueError, ...;
+        # ImportError too: ultralytics patches Image.open (HEIF plugin)
+        raise EdgecompressError(f"{path}: cannot read image ({type(exc).__name__}: {exc})") from None
 
 
 def file_size_mb(path: str | Path) -> float:

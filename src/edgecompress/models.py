@@ -25,6 +25,7 @@ import torch
 import torch.nn as nn
 
 from edgecompress import EdgecompressError
+from edgecompress.config import Settings, check
 from edgecompress.io import file_size_mb, load_torch, save_torch
 
 CHECKPOINT_FORMAT = "edgecompress.checkpoint/1"
@@ -184,6 +185,19 @@ def build_model(name: str, num_classes: int, width: float = 1.0, small_input: bo
     return ARCHITECTURES[name].build(num_classes, width, small_input)
 
 
+@dataclass(frozen=True)
+class ArchParams(Settings):
+    """One network of the chain (`model.teacher`, `model.student`): registry name and width."""
+
+    arch: str = "resnet20"  # registry name (see README) or timm:<name>
+    width: float = 1.0  # channel multiplier (CIFAR ResNets)
+
+    def validate(self) -> None:
+        check(is_known_architecture(self.arch), "arch", self.arch,
+              f"allowed: {', '.join(architecture_names())} or timm:<name>")
+        check(0 < self.width <= 8, "width", self.width, "must be a number in (0, 8]")
+
+
 # ----------------------------------------------------------------------------------------------
 # Checkpoints
 def arch_config(name: str, num_classes: int, width: float, small_input: bool) -> dict[str, Any]:
@@ -262,9 +276,12 @@ def count_params(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-def count_macs(model: nn.Module, input_size: tuple[int, int, int]) -> int:
-    """Multiply-accumulates of one forward pass on a single `input_size` (C, H, W) image,
-    counted by Torch-Pruning's op counter (conv, linear, BN)."""
+def count_layer_macs(model: nn.Module, input_size: tuple[int, int, int]) -> int:
+    """Multiply-accumulates of one forward pass on a single `input_size` (C, H, W) image, counted per
+    layer by Torch-Pruning's op counter (conv, linear, BN; not functional ops such as attention's
+    matmuls). The chain's `macs` metrics and pruning's MAC ratios use it, so a pruning ratio and the
+    benchmark's MACs are counted alike; `zoo.measure.count_op_macs` counts every aten op instead (for
+    transformers) and gives other numbers for the same network."""
     import torch_pruning as tp
 
     was_training = model.training
@@ -277,7 +294,7 @@ def count_macs(model: nn.Module, input_size: tuple[int, int, int]) -> int:
 
 def model_stats(model: nn.Module, input_size: tuple[int, int, int], checkpoint: str | Path | None = None) -> dict[str, Any]:
     """Params, MACs and (if given) checkpoint size in MB, for the metrics files."""
-    stats: dict[str, Any] = {"params": count_params(model), "macs": count_macs(model, input_size)}
+    stats: dict[str, Any] = {"params": count_params(model), "macs": count_layer_macs(model, input_size)}
     if checkpoint is not None:
         stats["size_mb"] = round(file_size_mb(checkpoint), 4)
     return stats

@@ -1,4 +1,5 @@
-"""Matplotlib figures written as PNG (atomically): training curves, confusion matrix, sample grid.
+"""Matplotlib figures written as PNG (atomically): training curves, confusion matrix, sample grid;
+and the Pareto front every pipeline's trade-off plot marks.
 
 dvclive writes the same curves as TSV for `dvc plots show/diff`; the PNGs are for people reading the
 repo or a report without DVC.
@@ -6,8 +7,9 @@ repo or a report without DVC.
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
-from typing import Sequence
+from typing import Mapping, Sequence
 
 import matplotlib
 
@@ -23,6 +25,29 @@ def save_figure(fig: "plt.Figure", path: str | Path) -> None:
     with atomic_write(path, "wb") as handle:
         fig.savefig(handle, format="png", dpi=110, bbox_inches="tight")
     plt.close(fig)
+
+
+def pareto_front(points: Mapping[str, tuple[float, float]], *, keep_ties: bool) -> list[str]:
+    """Names on the Pareto front of name -> (cost, quality), ordered by cost: no other point has
+    lower-or-equal cost and higher-or-equal quality with at least one strictly better.
+
+    Args:
+        keep_ties: points identical in both coordinates are all on the front (True: the detection
+            report lists every variant that is not dominated), or only the first of them in
+            `points`' order (False: the chain's Pareto plot labels one variant per position, and
+            identical INT8 engines would stack their labels).
+    """
+    if keep_ties:
+        front = [name for name, (c, q) in points.items()
+                 if not any(c2 <= c and q2 >= q and (c2 < c or q2 > q)
+                            for other, (c2, q2) in points.items() if other != name)]
+        return sorted(front, key=lambda n: points[n][0])
+    front, best = [], -math.inf
+    for name, (_, quality) in sorted(points.items(), key=lambda item: (item[1][0], -item[1][1])):
+        if quality > best:
+            front.append(name)
+            best = quality
+    return front
 
 
 def training_curves(history: Sequence[dict[str, float]], path: str | Path, title: str) -> None:

@@ -10,7 +10,7 @@ network; `models.save_checkpoint`/`load_checkpoint` rebuild its narrower layers 
 from __future__ import annotations
 
 import logging
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass, field, fields
 from typing import Any, Callable, Iterable
 
 import torch
@@ -19,6 +19,7 @@ import torch.nn.functional as F
 import torch_pruning as tp
 
 from edgecompress import EdgecompressError
+from edgecompress.config import Settings, check, check_choice
 from edgecompress.models import count_params
 
 log = logging.getLogger(__name__)
@@ -39,49 +40,36 @@ def importance_names() -> list[str]:
     return sorted(IMPORTANCES)
 
 
-def _is_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
 @dataclass(frozen=True)
-class PruneConfig:
-    """The `prune` section of params.yaml.
+class PruneConfig(Settings):
+    """How channels are removed (the method part of the `prune` block).
 
     Attributes:
         ratio: fraction of channels removed from each prunable group, in [0, 1); 0 is a no-op (a
             baseline run through the same stage).
         importance: channel ranking criterion, one of `importance_names()`.
         global_pruning: rank channels of all layers together, so robust layers lose more and
-            sensitive ones less (the overall fraction is still `ratio`).
+            sensitive ones less (the overall fraction is still `ratio`). YAML name: `global`.
         iterative_steps: reach `ratio` in this many equal steps, re-ranking after each one.
         round_to: keep channel counts multiples of this (SIMD/tensor-core friendly); None = exact.
     """
 
-    ratio: float = 0.2
-    importance: str = "l1"
-    global_pruning: bool = False
-    iterative_steps: int = 1
-    round_to: int | None = None
+    ratio: float = 0.2  # fraction of channels removed per prunable group, [0, 1)
+    importance: str = "l1"  # l1 | l2 | taylor | random (control)
+    global_pruning: bool = field(default=False, metadata={"yaml": "global"})  # rank across layers
+    iterative_steps: int = 1  # prune in this many steps, re-ranking after each
+    round_to: int | None = None  # keep channel counts multiples of this; null = exact
 
-    def __post_init__(self) -> None:
-        def bad(key: str, value: Any, allowed: str) -> EdgecompressError:
-            return EdgecompressError(f"prune.{key}={value!r} is invalid: {allowed}")
+    def validate(self) -> None:
+        check(0.0 <= self.ratio < 1.0, "ratio", self.ratio, "must be a number in [0, 1)")
+        check_choice(self.importance, "importance", importance_names())
+        check(self.iterative_steps >= 1, "iterative_steps", self.iterative_steps, "must be an integer >= 1")
+        check(self.round_to is None or self.round_to >= 1, "round_to", self.round_to,
+              "must be null or an integer >= 1")
 
-        r = self.ratio
-        if not isinstance(r, (int, float)) or isinstance(r, bool) or not 0.0 <= r < 1.0:
-            raise bad("ratio", r, "must be a number in [0, 1)")
-        if self.importance not in IMPORTANCES:
-            raise bad("importance", self.importance, f"must be one of {', '.join(importance_names())}")
-        if not isinstance(self.global_pruning, bool):
-            raise bad("global_pruning", self.global_pruning, "must be true or false")
-        if not _is_int(self.iterative_steps) or self.iterative_steps < 1:
-            raise bad("iterative_steps", self.iterative_steps, "must be an integer >= 1")
-        if self.round_to is not None and (not _is_int(self.round_to) or self.round_to < 1):
-            raise bad("round_to", self.round_to, "must be null or an integer >= 1")
-
-    def to_dict(self) -> dict[str, Any]:
-        """Plain dict for metrics/JSON files."""
-        return asdict(self)
+    def config(self) -> "PruneConfig":
+        """Just the method's settings (a stage block deriving from this class adds its own)."""
+        return PruneConfig(**{f.name: getattr(self, f.name) for f in fields(PruneConfig)})
 
 
 def _conv_channels(model: nn.Module) -> int:
@@ -109,6 +97,30 @@ def _accumulate_gradients(model, batches, loss_fn, device) -> None:
         seen += 1
     if seen == 0:
         raise EdgecompressError("prune.importance='taylor' needs calibration batches (gradients); got none")
+
+
+def _prune_steps(model: nn.Module, example_inputs: torch.Tensor, config: PruneConfig,
+                 ignored_layers: list[nn.Module], taylor: tuple[Any, Callable] | None) -> int:
+    """Torch-Pruning's pruner run for `config.iterative_steps` steps (`taylor`: the gradient batches and
+    loss to score with before each step); returns the steps run."""
+    pruner = tp.pruner.BasePruner(
+        model,
+        example_inputs,
+        importance=IMPORTANCES[config.importance](),
+        pruning_ratio=config.ratio,
+        global_pruning=config.global_pruning,
+        iterative_steps=config.iterative_steps,
+        ignored_layers=ignored_layers,
+        round_to=config.round_to,
+    )
+    device = next(model.parameters()).device
+    for step in range(1, config.iterative_steps + 1):
+        if taylor is not None:
+            _accumulate_gradients(model, taylor[0], taylor[1], device)
+        pruner.step()
+        log.info("prune step %d/%d: %d params", step, config.iterative_steps, count_params(model))
+    model.zero_grad(set_to_none=True)
+    return config.iterative_steps
 
 
 def prune_model(
@@ -153,31 +165,13 @@ def prune_model(
     loss_fn = loss_fn or F.cross_entropy
 
     was_training = model.training
-    device = next(model.parameters()).device
     try:
         model.eval()
         before = _measure(model, example_inputs)
         if ignored_layers is None:
             ignored_layers = _default_ignored(model, example_inputs)
-        steps = 0
-        if config.ratio > 0:
-            pruner = tp.pruner.BasePruner(
-                model,
-                example_inputs,
-                importance=IMPORTANCES[config.importance](),
-                pruning_ratio=config.ratio,
-                global_pruning=config.global_pruning,
-                iterative_steps=config.iterative_steps,
-                ignored_layers=ignored_layers,
-                round_to=config.round_to,
-            )
-            for _ in range(config.iterative_steps):
-                if taylor:
-                    _accumulate_gradients(model, calibration_batches, loss_fn, device)
-                pruner.step()
-                steps += 1
-                log.info("prune step %d/%d: %d params", steps, config.iterative_steps, count_params(model))
-            model.zero_grad(set_to_none=True)
+        steps = _prune_steps(model, example_inputs, config, ignored_layers,
+                             (calibration_batches, loss_fn) if taylor else None) if config.ratio > 0 else 0
         after = _measure(model, example_inputs)
     finally:
         model.train(was_training)
@@ -193,7 +187,7 @@ def prune_model(
         "param_ratio_removed": removed("params"),
         "mac_ratio_removed": removed("macs"),
         "steps": steps,
-        "config": config.to_dict(),
+        "config": config.config().to_dict(),
     }
     log.info("pruned %s: params %d -> %d, MACs %d -> %d", config.importance, before["params"],
              after["params"], before["macs"], after["macs"])

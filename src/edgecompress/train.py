@@ -10,12 +10,10 @@ from __future__ import annotations
 import copy
 import logging
 import math
-import random
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Protocol
 
-import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -23,6 +21,9 @@ from torchmetrics.classification import MulticlassAccuracy, MulticlassConfusionM
 from tqdm.auto import tqdm
 
 from edgecompress import EdgecompressError, distributed
+from edgecompress.config import Settings, check, check_choice
+from edgecompress.data import AugmentParams
+from edgecompress.runtime import DEVICES, amp_enabled
 
 log = logging.getLogger(__name__)
 
@@ -36,32 +37,48 @@ class Logger(Protocol):
     def next_step(self) -> None: ...
 
 
-def seed_everything(seed: int, *, deterministic_kernels: bool = True) -> None:
-    """Seed Python, NumPy and torch, and (by default) ask torch for deterministic kernels.
-
-    On CPU with a fixed thread count this makes two runs with the same params bit-identical;
-    `warn_only` keeps CUDA ops without a deterministic variant usable. Quantized CPU kernels
-    (e.g. quantized_resize_cpu_) are all flagged as lacking a deterministic variant, so the
-    quantize stage passes `deterministic_kernels=False` to avoid a warning per call.
-    """
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
-    torch.use_deterministic_algorithms(deterministic_kernels, warn_only=True)
+SCHEDULES = ("cosine", "step")
 
 
-def resolve_device(name: str) -> torch.device:
-    """'auto' -> CUDA when available, else CPU. 'cuda' without a GPU is an error."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise EdgecompressError("train.device='cuda' but no CUDA device is available; use 'auto' or 'cpu'")
-    return torch.device(name)
+@dataclass(frozen=True)
+class TrainParams(Settings):
+    """The `train` block: one recipe for teacher, student_baseline and distill (and the defaults of the
+    pruning fine-tune and QAT), plus the multi-process settings (`distributed`)."""
 
+    device: str = "auto"  # auto | cpu | cuda
+    batch_size: int = 64
+    lr: float = 0.05  # SGD learning rate at epoch 0
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    schedule: str = "cosine"  # cosine | step
+    step_size: int = 10  # epochs between decays (schedule: step)
+    gamma: float = 0.1  # decay factor (schedule: step)
+    amp: bool = True  # mixed precision; only ever enabled on CUDA
+    num_workers: int = 0  # DataLoader workers; 0 keeps CPU runs deterministic and light
+    augment: AugmentParams = field(default_factory=AugmentParams)
+    nproc: int = 1  # processes per node; > 1 runs the stage under torchrun with DistributedDataParallel
+    nnodes: int = 1  # machines (torchrun --nnodes); > 1 needs rdzv_endpoint
+    node_rank: int = 0  # this machine's index (torchrun --node_rank)
+    rdzv_endpoint: str | None = None  # host:port of node 0 (torchrun --rdzv_endpoint)
+    sync_batchnorm: bool = True  # BatchNorm over the global batch (SyncBatchNorm; CUDA only)
 
-def amp_enabled(device: torch.device, amp: bool) -> bool:
-    """Mixed precision only on CUDA: CPU autocast to bfloat16 is slower than fp32 on most CPUs."""
-    return amp and device.type == "cuda"
+    def validate(self) -> None:
+        check_choice(self.device, "device", DEVICES)
+        check(self.batch_size >= 1, "batch_size", self.batch_size, "must be an integer >= 1")
+        check(self.lr > 0, "lr", self.lr, "must be a number > 0")
+        check(0 <= self.momentum < 1, "momentum", self.momentum, "must be a number in [0, 1)")
+        check(self.weight_decay >= 0, "weight_decay", self.weight_decay, "must be a number >= 0")
+        check_choice(self.schedule, "schedule", SCHEDULES)
+        check(self.step_size >= 1, "step_size", self.step_size, "must be an integer >= 1")
+        check(0 < self.gamma <= 1, "gamma", self.gamma, "must be a number in (0, 1]")
+        check(self.num_workers >= 0, "num_workers", self.num_workers, "must be an integer >= 0")
+        check(self.nproc >= 1, "nproc", self.nproc, "must be an integer >= 1")
+        check(self.nproc == 1 or self.batch_size % self.nproc == 0, "batch_size", self.batch_size,
+              f"must be divisible by train.nproc={self.nproc} (the global batch is split across processes)")
+        check(self.nnodes >= 1, "nnodes", self.nnodes, "must be an integer >= 1")
+        check(0 <= self.node_rank < self.nnodes, "node_rank", self.node_rank, "must be in [0, nnodes)")
+        check(self.nnodes == 1 or bool(self.rdzv_endpoint), "rdzv_endpoint", self.rdzv_endpoint,
+              "must be host:port of node 0 when nnodes > 1")
 
 
 @dataclass
@@ -78,11 +95,37 @@ class FitResult:
 def make_scheduler(optimizer: torch.optim.Optimizer, *, schedule: str, epochs: int, step_size: int,
                    gamma: float) -> torch.optim.lr_scheduler.LRScheduler:
     """Per-epoch LR schedule: cosine annealing to 0 over `epochs`, or step decay."""
+    check_choice(schedule, "train.schedule", SCHEDULES)
     if schedule == "cosine":
         return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=epochs)
-    if schedule == "step":
-        return torch.optim.lr_scheduler.StepLR(optimizer, step_size=step_size, gamma=gamma)
-    raise EdgecompressError(f"train.schedule='{schedule}' is invalid: allowed: cosine, step")
+    return torch.optim.lr_scheduler.StepLR(optimizer, step_size=step_size, gamma=gamma)
+
+
+def _train_epoch(net: nn.Module, loader: Any, loss_fn: LossFn, optimizer: torch.optim.Optimizer,
+                 scaler: torch.amp.GradScaler, *, device: torch.device, use_amp: bool, desc: str,
+                 epoch: tuple[int, int], show: bool) -> tuple[float, int, int]:
+    """One pass over `loader` (`epoch`: this one's number and the total, 1-based): (summed loss,
+    correct predictions, samples) of this process."""
+    net.train()
+    running_loss, correct, seen = 0.0, 0, 0
+    for step, (x, y) in enumerate(tqdm(loader, desc=f"epoch {epoch[0]}/{epoch[1]}", unit="batch", leave=False,
+                                       disable=None if show else True)):
+        distributed.maybe_fail(step)
+        x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+        optimizer.zero_grad(set_to_none=True)
+        with torch.autocast(device.type, dtype=torch.float16, enabled=use_amp):
+            logits = net(x)
+            loss = loss_fn(logits, y, x)
+        if not torch.isfinite(loss):
+            raise EdgecompressError(f"{desc}: loss became {loss.item()} at epoch {epoch[0]}; "
+                                    "lower train.lr or check the data")
+        scaler.scale(loss).backward()
+        scaler.step(optimizer)
+        scaler.update()
+        running_loss += loss.item() * len(y)
+        correct += (logits.argmax(1) == y).sum().item()
+        seen += len(y)
+    return running_loss, correct, seen
 
 
 @torch.no_grad()
@@ -170,25 +213,8 @@ def fit(model: nn.Module, train_loader: torch.utils.data.DataLoader, val_loader:
             epoch_hook(epoch, model)
         if sampler is not None:
             sampler.set_epoch(epoch)  # a different shuffle each epoch, the same on every rank
-        net.train()
-        running_loss, correct, seen = 0.0, 0, 0
-        for step, (x, y) in enumerate(tqdm(train_loader, desc=f"epoch {epoch + 1}/{epochs}", unit="batch",
-                                           leave=False, disable=None if main else True)):
-            distributed.maybe_fail(step)
-            x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-            optimizer.zero_grad(set_to_none=True)
-            with torch.autocast(device.type, dtype=torch.float16, enabled=use_amp):
-                logits = net(x)
-                loss = loss_fn(logits, y, x)
-            if not torch.isfinite(loss):
-                raise EdgecompressError(f"{desc}: loss became {loss.item()} at epoch {epoch + 1}; "
-                                        "lower train.lr or check the data")
-            scaler.scale(loss).backward()
-            scaler.step(optimizer)
-            scaler.update()
-            running_loss += loss.item() * len(y)
-            correct += (logits.argmax(1) == y).sum().item()
-            seen += len(y)
+        running_loss, correct, seen = _train_epoch(net, train_loader, loss_fn, optimizer, scaler, device=device,
+                                                   use_amp=use_amp, desc=desc, epoch=(epoch + 1, epochs), show=main)
         current_lr = optimizer.param_groups[0]["lr"]
         scheduler.step()
         running_loss, correct, seen = distributed.all_reduce_sum(running_loss, correct, seen, device=device)

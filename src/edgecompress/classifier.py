@@ -1,29 +1,26 @@
-"""Plumbing shared by the stage scripts: error handling, and the train → evaluate → write sequence
-that the teacher, student_baseline and distill stages (and later fine-tuning) have in common."""
+"""The train -> evaluate -> write sequence that every model-producing stage shares (teacher,
+student_baseline, distill, the pruning fine-tune, and the zoo's fine-tuning): a model in, a
+checkpoint, a metrics JSON, dvclive curves and PNG plots out."""
 
 from __future__ import annotations
 
-import argparse
-import contextlib
 import functools
 import logging
 import os
-import sys
-import warnings
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Callable
 
 import torch.nn as nn
 
-from edgecompress import EdgecompressError, distributed
+from edgecompress import EdgecompressError, distributed, plots
 from edgecompress.data import load_meta, load_split, make_loader
 from edgecompress.distill import hard_label_loss
 from edgecompress.io import write_json
-from edgecompress.models import arch_config, build_model, model_stats, save_checkpoint
-from edgecompress.params import ArchParams, Params, TrainParams, load_params
-from edgecompress import plots
-from edgecompress.train import FitResult, LossFn, evaluate, fit, resolve_device, seed_everything
+from edgecompress.models import ArchParams, arch_config, build_model, load_checkpoint, model_stats, save_checkpoint
+from edgecompress.runtime import resolve_device, seed_everything
+from edgecompress.stage import open_live
+from edgecompress.train import FitResult, LossFn, TrainParams, evaluate, fit
 
 log = logging.getLogger("edgecompress")
 
@@ -31,47 +28,6 @@ EVAL_BATCH_SIZE = 256  # evaluation only: larger batches are faster and do not c
 TRAIN_STAGE_PATHS = {"data": "prepared data directory", "out": "checkpoint to write",
                      "metrics": "metrics JSON to write", "plots": "directory for PNG plots",
                      "live": "dvclive directory for per-epoch curves"}
-
-
-def run_stage(main: Callable[[], None]) -> None:
-    """Run a stage's main(): logging set up, user errors as one line on stderr and exit status 2."""
-    logging.basicConfig(level=os.environ.get("EDGECOMPRESS_LOG", "INFO"),
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
-    warnings.filterwarnings("ignore", message=".*torch.ao.quantization.*deprecated.*")
-    try:
-        main()
-        distributed.destroy()
-    except EdgecompressError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        sys.exit(2)
-    except KeyboardInterrupt:
-        print("error: interrupted; previous outputs are intact (files are replaced only when complete)",
-              file=sys.stderr)
-        sys.exit(130)
-
-
-def stage_args(description: str, paths: dict[str, str]) -> argparse.Namespace:
-    """Parse `--params` plus the stage's path arguments (`paths`: name -> help); all required."""
-    parser = argparse.ArgumentParser(description=description)
-    parser.add_argument("--params", default="params.yaml", help="params file (default: params.yaml)")
-    for name, help_text in paths.items():
-        parser.add_argument(f"--{name.replace('_', '-')}", dest=name, required=True, help=help_text)
-    return parser.parse_args()
-
-
-def read_params(path: str) -> Params:
-    """load_params, logged."""
-    params = load_params(path)
-    log.info("params from %s validated", path)
-    return params
-
-
-def read_training_params(path: str) -> Params:
-    """read_params for a training stage: with `train.nproc > 1` outside torchrun, the stage re-runs
-    itself under torchrun here (and this process exits with its status)."""
-    params = read_params(path)
-    distributed.relaunch_under_torchrun(params.train)
-    return params
 
 
 def write_eval_plots(*, stage: str, test: dict[str, Any], prepared_dir: str | Path, classes: list[str],
@@ -97,6 +53,24 @@ def new_model(arch: ArchParams, small_input: bool, prepared_dir: str | Path, see
     return model, arch_config(arch.arch, num_classes, arch.width, small_input)
 
 
+def _fit(stage: str, model: nn.Module, loader: Callable, *, epochs: int, seed: int, recipe: TrainParams,
+         loss_fn: LossFn, lr: float | None, num_classes: int, device: Any, live: Any) -> tuple[list, dict]:
+    """`train.fit` with the recipe's settings: (per-epoch history, the metrics it adds)."""
+    result: FitResult = fit(
+        model, loader("train", batch_size=recipe.batch_size, train=True, augment=asdict(recipe.augment),
+                      num_workers=recipe.num_workers),
+        loader("val", batch_size=EVAL_BATCH_SIZE, train=False), loss_fn=loss_fn,
+        num_classes=num_classes, epochs=epochs, lr=lr or recipe.lr, momentum=recipe.momentum,
+        weight_decay=recipe.weight_decay, schedule=recipe.schedule, step_size=recipe.step_size,
+        gamma=recipe.gamma, device=device, amp=recipe.amp, logger=live, desc=stage, seed=seed,
+        sync_batchnorm=recipe.sync_batchnorm,
+    )
+    log.info("%s: best val accuracy %.4f at epoch %d (%.1f s training)", stage,
+             result.best_val_accuracy, result.best_epoch, result.seconds)
+    return result.history, {"best_epoch": result.best_epoch, "val_accuracy": round(result.best_val_accuracy, 6),
+                            "processes": distributed.world_size()}
+
+
 def train_classifier(*, stage: str, prepared_dir: str | Path, model: nn.Module, arch: dict[str, Any],
                      epochs: int, seed: int, recipe: TrainParams, checkpoint_out: str | Path,
                      metrics_out: str | Path, plots_dir: str | Path, live_dir: str | Path,
@@ -117,10 +91,8 @@ def train_classifier(*, stage: str, prepared_dir: str | Path, model: nn.Module, 
     Outputs are written only after training and evaluation succeeded, each atomically, metrics last.
 
     Returns:
-        The metrics dict written to `metrics_out`.
+        The metrics dict written to `metrics_out` (empty on the helper ranks of a multi-process run).
     """
-    from dvclive import Live
-
     seed_everything(seed)
     meta = load_meta(prepared_dir)
     num_classes, classes = meta["num_classes"], meta["classes"]
@@ -131,31 +103,16 @@ def train_classifier(*, stage: str, prepared_dir: str | Path, model: nn.Module, 
     log.info("%s: %s (width %s) on %s, %d epochs, data '%s' (%s train images)", stage, arch["name"],
              arch["width"], device, epochs, meta["name"], meta["splits"]["train"])
     loader = functools.partial(make_loader, prepared_dir, seed=seed)
-    test_loader = loader("test", batch_size=EVAL_BATCH_SIZE, train=False)
     main = not distributed.under_torchrun() or os.environ.get("RANK") == "0"  # rank 0 alone writes
-    live_context = Live(dir=str(live_dir), save_dvc_exp=False, dvcyaml=None, report=None) if main else \
-        contextlib.nullcontext(None)
-    with live_context as live:
-        history: list[dict[str, float]] = []
-        fit_info: dict[str, Any] = {}
+    with open_live(live_dir, enabled=main) as live:
+        history, fit_info = [], {}
         if epochs > 0:
-            result: FitResult = fit(
-                model, loader("train", batch_size=recipe.batch_size, train=True, augment=asdict(recipe.augment),
-                              num_workers=recipe.num_workers),
-                loader("val", batch_size=EVAL_BATCH_SIZE, train=False), loss_fn=loss_fn,
-                num_classes=num_classes, epochs=epochs, lr=lr or recipe.lr, momentum=recipe.momentum,
-                weight_decay=recipe.weight_decay, schedule=recipe.schedule, step_size=recipe.step_size,
-                gamma=recipe.gamma, device=device, amp=recipe.amp, logger=live, desc=stage, seed=seed,
-                sync_batchnorm=recipe.sync_batchnorm,
-            )
-            history = result.history
-            fit_info = {"best_epoch": result.best_epoch, "val_accuracy": round(result.best_val_accuracy, 6),
-                        "processes": distributed.world_size()}
-            log.info("%s: best val accuracy %.4f at epoch %d (%.1f s training)", stage,
-                     result.best_val_accuracy, result.best_epoch, result.seconds)
+            history, fit_info = _fit(stage, model, loader, epochs=epochs, seed=seed, recipe=recipe, loss_fn=loss_fn,
+                                     lr=lr, num_classes=num_classes, device=device, live=live)
         if not main:
             return {}  # the other ranks' work ends with training; rank 0 evaluates and writes
-        test = evaluate(model, test_loader, num_classes=num_classes, device=device, amp=recipe.amp)
+        test = evaluate(model, loader("test", batch_size=EVAL_BATCH_SIZE, train=False), num_classes=num_classes,
+                        device=device, amp=recipe.amp)
         live.log_sklearn_plot("confusion_matrix", [classes[i] for i in test["targets"]],
                               [classes[i] for i in test["preds"]], name="confusion_matrix.json")
     log.info("%s: test accuracy %.4f", stage, test["accuracy"])
@@ -168,10 +125,8 @@ def train_classifier(*, stage: str, prepared_dir: str | Path, model: nn.Module, 
                           "mean": meta["mean"], "std": meta["std"], "test_accuracy": test["accuracy"]})
     write_eval_plots(stage=stage, test=test, prepared_dir=prepared_dir, classes=classes, plots_dir=plots_dir,
                      history=history)
-    metrics = classifier_metrics(model, test, meta, checkpoint_out)
-    metrics.update(fit_info)
-    metrics.update({"epochs": epochs, "arch": arch["name"], "width": arch["width"]})
-    metrics.update(extra_metrics or {})
+    metrics = {**classifier_metrics(model, test, meta, checkpoint_out), **fit_info,
+               "epochs": epochs, "arch": arch["name"], "width": arch["width"], **(extra_metrics or {})}
     if derived_metrics is not None:
         metrics.update(derived_metrics(metrics))
     write_json(metrics_out, metrics)
@@ -180,8 +135,6 @@ def train_classifier(*, stage: str, prepared_dir: str | Path, model: nn.Module, 
 
 def load_teacher(path: str | Path, prepared_dir: str | Path) -> tuple[nn.Module, dict[str, Any]]:
     """Load the teacher checkpoint and check it was trained for the prepared data set's classes."""
-    from edgecompress.models import load_checkpoint
-
     teacher, info = load_checkpoint(path)
     meta = load_meta(prepared_dir)
     if info["arch"]["num_classes"] != meta["num_classes"] or info["meta"].get("classes") != meta["classes"]:
@@ -197,4 +150,3 @@ def classifier_metrics(model: nn.Module, test: dict[str, Any], meta: dict[str, A
     size = meta["image_size"]
     stats = model_stats(model, (3, size, size), checkpoint)
     return {"accuracy": round(test["accuracy"], 6), "loss": round(test["loss"], 6), **stats}
-

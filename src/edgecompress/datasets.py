@@ -1,0 +1,185 @@
+"""Data set readers: each turns a source on disk (or scikit-learn's embedded digits) into uint8
+images and labels, before any split. `data.prepare_dataset` picks one by `data.name` from `DATASETS`;
+adding a data set is one reader and one entry there. Nothing is ever downloaded.
+"""
+
+from __future__ import annotations
+
+import pickle
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from edgecompress import EdgecompressError
+from edgecompress.io import read_image
+
+IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".webp"}
+_CIFAR = {  # name -> (folder, train files, test file, meta file, label key, class-name key)
+    "cifar10": ("cifar-10-batches-py", [f"data_batch_{i}" for i in range(1, 6)], "test_batch",
+                "batches.meta", b"labels", b"label_names"),
+    "cifar100": ("cifar-100-python", ["train"], "test", "meta", b"fine_labels", b"fine_label_names"),
+}
+_CIFAR_LAYOUT = {
+    "cifar10": "<root>/cifar-10-batches-py/{data_batch_1..5,test_batch,batches.meta}",
+    "cifar100": "<root>/cifar-100-python/{train,test,meta}",
+}
+
+
+
+
+class RawData:
+    """A loaded data set before splitting: pool "all" (split is carved) or "train"/"test"[/"val"]."""
+
+    classes: list[str]
+    pools: dict[str, tuple[torch.Tensor, torch.Tensor]]  # pool -> (uint8 N x 3 x S x S, int64 N)
+
+
+def _resize_uint8(images: torch.Tensor, size: int, chunk: int = 1024) -> torch.Tensor:
+    """Bilinear resize of a uint8 N x 3 x H x W batch to size x size, in chunks to bound memory."""
+    if tuple(images.shape[-2:]) == (size, size):
+        return images
+    out = torch.empty((images.shape[0], images.shape[1], size, size), dtype=torch.uint8)
+    for start in range(0, images.shape[0], chunk):
+        part = F.interpolate(images[start:start + chunk].float(), size=(size, size), mode="bilinear",
+                             align_corners=False, antialias=True)
+        out[start:start + chunk] = part.round_().clamp_(0, 255).to(torch.uint8)
+    return out
+
+
+def _load_digits(root: str | None, image_size: int) -> RawData:
+    """sklearn's 1,797 8x8 handwritten digits (shipped with scikit-learn, no download); root ignored."""
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    pixels = torch.from_numpy(np.rint(digits.images * (255.0 / 16.0))).to(torch.uint8)
+    images = _resize_uint8(pixels.unsqueeze(1).repeat(1, 3, 1, 1).contiguous(), image_size)
+    labels = torch.from_numpy(digits.target.astype(np.int64))
+    return RawData([str(n) for n in digits.target_names], {"all": (images, labels)})
+
+
+def _read_pickle(path: Path) -> dict:
+    try:
+        with path.open("rb") as handle:
+            # The official python-version files are pickles; encoding="bytes" as in the CIFAR docs.
+            data = pickle.load(handle, encoding="bytes")
+    except Exception as exc:  # corrupt/truncated files raise many types
+        raise EdgecompressError(f"{path}: cannot read CIFAR pickle ({type(exc).__name__}: {exc})") from None
+    if not isinstance(data, dict):
+        raise EdgecompressError(f"{path}: expected a pickled dict, got {type(data).__name__}")
+    # Tolerate str keys (files re-saved from Python 3) as well as the official bytes keys.
+    return {k.encode() if isinstance(k, str) else k: v for k, v in data.items()}
+
+
+def _load_cifar(name: str, root: str | None, image_size: int) -> RawData:
+    """CIFAR-10/100 python-pickle layout. The pickles are read directly rather than through
+    torchvision.datasets.CIFAR*, whose md5 integrity check rejects any non-official (e.g. test) file;
+    the parsing is the same as torchvision's."""
+    folder, train_files, test_file, meta_file, label_key, names_key = _CIFAR[name]
+    expects = f"{name} expects {_CIFAR_LAYOUT[name]} (python pickle version)"
+    if root is None:
+        raise EdgecompressError(f"data.root=None: a root folder is required; {expects}")
+    base = Path(root)
+    if not base.is_dir():
+        raise EdgecompressError(f"data.root='{root}': not found; {expects}")
+    if (base / folder).is_dir():  # root may be the parent or the folder itself
+        base = base / folder
+    for fname in [*train_files, test_file, meta_file]:
+        if not (base / fname).is_file():
+            raise EdgecompressError(f"data.root='{root}': missing {base / fname}; {expects}")
+    meta = _read_pickle(base / meta_file)
+    if names_key not in meta:
+        raise EdgecompressError(f"{base / meta_file}: no {names_key.decode()!r} entry")
+    classes = [n.decode() if isinstance(n, bytes) else str(n) for n in meta[names_key]]
+    pools = {}
+    for pool, files in (("train", train_files), ("test", [test_file])):
+        images, labels = [], []
+        for fname in files:
+            batch = _read_pickle(base / fname)
+            if b"data" not in batch or label_key not in batch:
+                raise EdgecompressError(f"{base / fname}: expected keys b'data' and {label_key!r}")
+            data = np.asarray(batch[b"data"], dtype=np.uint8)
+            if data.ndim != 2 or data.shape[1] != 3072 or len(batch[label_key]) != data.shape[0]:
+                raise EdgecompressError(f"{base / fname}: data must be N x 3072 with N labels, "
+                                        f"got {data.shape} and {len(batch[label_key])} labels")
+            images.append(torch.from_numpy(data.reshape(-1, 3, 32, 32).copy()))  # rows are R,G,B planes
+            labels.append(torch.as_tensor(batch[label_key], dtype=torch.int64))
+        lab = torch.cat(labels)
+        if len(lab) and (lab.min() < 0 or lab.max() >= len(classes)):
+            raise EdgecompressError(f"{base}: {pool} labels outside 0..{len(classes) - 1}")
+        pools[pool] = (_resize_uint8(torch.cat(images), image_size), lab)
+    return RawData(classes, pools)
+
+
+def _load_image(path: Path, size: int) -> torch.Tensor:
+    """Load as RGB, resize the shorter side to `size`, center crop to size x size; uint8 3 x S x S."""
+    from PIL import Image
+
+    img = read_image(path)
+    w, h = img.size
+    scale = size / min(w, h)
+    new_w, new_h = max(size, round(w * scale)), max(size, round(h * scale))
+    img = img.resize((new_w, new_h), Image.BILINEAR)
+    left, top = (new_w - size) // 2, (new_h - size) // 2
+    img = img.crop((left, top, left + size, top + size))
+    return torch.from_numpy(np.asarray(img, dtype=np.uint8).transpose(2, 0, 1).copy())
+
+
+def _class_dirs(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
+
+
+def _load_tree(folder: Path, classes: list[str], image_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    from tqdm import tqdm
+
+    items: list[tuple[Path, int]] = []
+    for cdir in _class_dirs(folder):
+        if cdir.name not in classes:
+            raise EdgecompressError(f"{cdir}: class folder not among the train classes {classes}")
+        files = sorted(p for p in cdir.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
+        if not files:
+            raise EdgecompressError(f"{cdir}: class folder holds no images "
+                                    f"(expected {', '.join(sorted(IMAGE_EXTENSIONS))} files)")
+        items += [(p, classes.index(cdir.name)) for p in files]
+    images = [_load_image(p, image_size)
+              for p, _ in tqdm(items, desc=f"loading {folder.name}", disable=len(items) <= 500)]
+    return torch.stack(images), torch.tensor([c for _, c in items], dtype=torch.int64)
+
+
+def _load_imagefolder(root: str | None, image_size: int) -> RawData:
+    """One folder per class under root; split subfolders train/ + test/ (+ val/ or valid/) if present."""
+    expects = "imagefolder expects <root>/<class>/<image> or <root>/{train,test[,val]}/<class>/<image>"
+    if root is None:
+        raise EdgecompressError(f"data.root=None: a root folder is required; {expects}")
+    base = Path(root)
+    if not base.is_dir():
+        raise EdgecompressError(f"data.root='{root}': not found; {expects}")
+    split_dirs = {"train": base / "train", "test": base / "test", "val": base / "val"}
+    if not split_dirs["val"].is_dir():
+        split_dirs["val"] = base / "valid"
+    predefined = split_dirs["train"].is_dir() and split_dirs["test"].is_dir()
+    top = split_dirs["train"] if predefined else base
+    classes = [p.name for p in _class_dirs(top)]
+    if not classes:
+        raise EdgecompressError(f"data.root='{root}': no class folders in {top}; {expects}")
+    if not predefined:
+        return RawData(classes, {"all": _load_tree(base, classes, image_size)})
+    pools = {s: _load_tree(d, classes, image_size) for s, d in split_dirs.items() if d.is_dir()}
+    return RawData(classes, pools)
+
+
+# name -> reader(root, image_size)
+DATASETS: dict[str, Callable[[str | None, int], RawData]] = {
+    "digits": _load_digits,
+    "cifar10": lambda root, size: _load_cifar("cifar10", root, size),
+    "cifar100": lambda root, size: _load_cifar("cifar100", root, size),
+    "imagefolder": _load_imagefolder,
+}
+
+
+def dataset_names() -> list[str]:
+    """Names accepted by `data.name`."""
+    return list(DATASETS)

@@ -1,0 +1,171 @@
+"""Variants as artifacts: each registry entry (`config.VARIANTS`) built by its builder, written as a
+self-contained file (TorchScript or ONNX, loadable without edgecompress), reloaded from disk and
+measured there, never in memory.
+
+A builder is a function registered with `@builder("<name>")`:
+`build(model, *, calib, config, path, qat_train, **options) -> (torch model or None, extra settings)`.
+It writes the artifact to `path` itself (ONNX) or returns the torch model to be saved as TorchScript.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+import torch.nn as nn
+
+from edgecompress import EdgecompressError
+from edgecompress.goals import target
+from edgecompress.quantize import fx, onnx
+from edgecompress.quantize.config import VARIANTS, QuantizeConfig
+
+Builder = Callable[..., tuple[nn.Module | None, dict[str, Any]]]
+BUILDERS: dict[str, Builder] = {}
+
+
+def builder(name: str) -> Callable[[Builder], Builder]:
+    """Register a variant builder under `name` (the `builder` field of registry entries)."""
+    def register(fn: Builder) -> Builder:
+        BUILDERS[name] = fn
+        return fn
+    return register
+
+
+@builder("static_ptq")
+def _static_ptq(model, *, calib, config, path, qat_train, backend: str, qconfig: str):
+    fx.check_backend(backend)
+    return fx.quantize_static_fx(model, calib, backend=backend, qconfig=qconfig,
+                                 batch_size=config.calibration_batch_size), {}
+
+
+@builder("dynamic")
+def _dynamic(model, *, calib, config, path, qat_train):
+    return fx.quantize_dynamic_linear(model), {}
+
+
+@builder("fp16")
+def _fp16(model, *, calib, config, path, qat_train):
+    return fx.to_fp16(model), {"compute": fx.fp16_cpu_compute()}
+
+
+@builder("qat")
+def _qat(model, *, calib, config, path, qat_train):
+    if qat_train is None:
+        raise EdgecompressError("variant 'qat' needs a training function")
+    fx.check_backend("x86")
+    prepared = fx.prepare_qat(model, calib[:2], backend="x86")
+    qat_train(prepared)
+    return fx.convert_qat(prepared), {}
+
+
+@builder("onnx_export")
+def _onnx_export(model, *, calib, config, path, qat_train):
+    onnx.export_onnx(model, calib[:2], path)
+    return None, {}
+
+
+@builder("onnx_static")
+def _onnx_static(model, *, calib, config, path, qat_train):
+    fp32 = artifact_path(path.parent, "onnx_fp32")  # quantize the FP32 export when it was built already
+    with tempfile.TemporaryDirectory() as tmp:
+        source = fp32 if fp32.is_file() else Path(tmp) / "fp32.onnx"
+        if source != fp32:
+            onnx.export_onnx(model, calib[:2], source)
+        onnx.quantize_onnx_static(source, path, calib, batch_size=config.calibration_batch_size)
+    return None, {}
+
+
+def artifact_path(out_dir: str | Path, name: str) -> Path:
+    """Where variant `name` is written (the file type follows its runtime); "fp32" is the float model
+    as TorchScript, the size reference."""
+    suffix = VARIANTS[name].suffix if name in VARIANTS else ".ts"
+    return Path(out_dir) / f"{name}{suffix}"
+
+
+@dataclass
+class BuiltVariant:
+    """A variant's artifact on disk, the torch model it was saved from (None for ONNX) and how it was made."""
+
+    path: Path
+    model: nn.Module | None
+    settings: dict[str, Any]
+
+
+def build_variant(name: str, model: nn.Module, *, calib: torch.Tensor, config: QuantizeConfig,
+                  out_dir: str | Path, qat_train: Any = None) -> BuiltVariant:
+    """Build variant `name` from the float `model` and write its artifact.
+
+    Args:
+        calib: calibration images (normalised, N x C x H x W); `calib[:2]` traces exports.
+        qat_train: callable(prepared_model) -> None that fine-tunes a QAT-prepared model (the stage
+            passes the shared training loop); required for "qat".
+    Raises:
+        BackendUnsupported: the variant's engine is not in this torch build.
+    """
+    if name not in VARIANTS:
+        raise EdgecompressError(f"quantize.variants: unknown variant '{name}'; allowed: {', '.join(VARIANTS)}")
+    entry = VARIANTS[name]
+    path = artifact_path(out_dir, name)
+    built, extra = BUILDERS[entry.builder](model, calib=calib, config=config, path=path, qat_train=qat_train,
+                                           **entry.options)
+    if built is not None:
+        fx.save_torchscript(built, calib[:2], path, metadata={"variant": name})
+    return BuiltVariant(path, built, {**entry.describe(config), **extra})
+
+
+def load_artifact(path: str | Path) -> Any:
+    """Reload a variant from disk (TorchScript or ONNX) as a callable x -> logits."""
+    return onnx.OnnxModel(path) if str(path).endswith(".onnx") else fx.load_torchscript(path)
+
+
+def artifact_layer_summary(path: str | Path, built: nn.Module | None) -> dict[str, Any]:
+    """Quantized vs float compute layers: from the torch model, or from the ONNX graph."""
+    return fx.layer_summary(built) if built is not None else onnx.onnx_layer_summary(path)
+
+
+def weights_payload_bytes(path: str | Path) -> int:
+    """Bytes of tensor data inside an artifact: on tiny models the file size is dominated by
+    serialized code, so this shows the weight compression."""
+    return onnx.onnx_weights_bytes(path) if str(path).endswith(".onnx") else fx.torchscript_weights_bytes(path)
+
+
+def measure_variant(variant: BuiltVariant, *, evaluate_fn: Any, fp32: dict[str, Any],
+                    fp32_size_mb: float) -> dict[str, Any]:
+    """Metrics of one variant, measured on the artifact reloaded from disk (not the in-memory model).
+
+    Args:
+        evaluate_fn: callable(model) -> `train.evaluate` result on the test split.
+        fp32: `train.evaluate` result of the float pruned model (accuracy and predictions).
+        fp32_size_mb: size of the float model's TorchScript artifact, the size reference.
+    """
+    path = variant.path
+    test = evaluate_fn(load_artifact(path))
+    size = os.path.getsize(path) / 1e6
+    return {
+        "accuracy": round(test["accuracy"], 6),
+        "accuracy_delta_points": round(100 * (test["accuracy"] - fp32["accuracy"]), 3),
+        "agreement_with_fp32": round((test["preds"] == fp32["preds"]).float().mean().item(), 6),
+        "size_mb": round(size, 4), "weights_mb": round(weights_payload_bytes(path) / 1e6, 4),
+        "size_ratio_vs_fp32": round(size / fp32_size_mb, 4),
+        "artifact": path.name, "layers": artifact_layer_summary(path, variant.model),
+        "settings": variant.settings}
+
+
+def quality_targets(results: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """The project's quality goals checked on the measured variants (skipped ones are left out):
+    ptq_x86 within 1.0 point and qat within 0.5 point of FP32; fully INT8 artifacts <= 0.30 x FP32 size."""
+    goals = {}
+    for name, limit in (("ptq_x86", 1.0), ("qat", 0.5)):
+        if "accuracy" in results.get(name, {}):
+            goals[f"{name}_accuracy_drop_points"] = target(-results[name]["accuracy_delta_points"], at_most=limit,
+                                                           goal=f"within {limit} point of FP32 pruned")
+    for name, entry in results.items():
+        layers = entry.get("layers", {})
+        if layers.get("quantized") and not layers.get("float"):
+            goals[f"{name}_size_ratio"] = target(entry["size_ratio_vs_fp32"], at_most=0.30,
+                                                 goal="<= 0.30 x FP32 pruned file size")
+    return goals

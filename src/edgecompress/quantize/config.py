@@ -1,0 +1,126 @@
+"""The `quantize` settings block and the registry of variants.
+
+`VARIANTS` is the one place a variant is declared: its builder (a function registered under that
+name in `quantize.artifacts`), the runtime its artifact runs on, whether every conv/linear runs in
+INT8 (the candidates for "the best INT8 variant"), whether it is a float32 runtime of the same model
+(it joins the "best FP32 runtime" reference), and how it is produced (written next to its numbers).
+Stages, the benchmark and the reports read these flags instead of lists of names. This module holds
+data only, so the params schema can validate variant names without loading a backend.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+from edgecompress.config import Settings, check, check_distinct
+
+STATIC_BACKENDS = ("x86", "fbgemm", "qnnpack")  # torch.ao quantized engines of the static PTQ variants
+RUNTIME_SUFFIX = {"torch": ".ts", "onnxruntime": ".onnx"}  # artifact file type per runtime
+ONNX_OPSET = 18
+
+
+@dataclass(frozen=True)
+class Variant:
+    """One registry entry (see the module docstring)."""
+
+    builder: str  # name registered with `quantize.artifacts.builder`
+    runtime: str  # a key of RUNTIME_SUFFIX: what loads and runs the artifact
+    int8: bool  # every conv/linear runs in INT8
+    describe: Callable[["QuantizeConfig"], dict[str, Any]]  # how it is produced, for the metrics
+    fp32: bool = False  # a float32 runtime of the pruned model (part of the best-FP32 reference)
+    options: dict[str, Any] = field(default_factory=dict)  # the builder's keyword arguments
+    per_backend: bool = False  # built only when options["backend"] is listed in quantize.backends
+
+    @property
+    def suffix(self) -> str:
+        """The artifact's file suffix."""
+        return RUNTIME_SUFFIX[self.runtime]
+
+
+def _calibrated(config: "QuantizeConfig") -> dict[str, Any]:
+    return {"calibration_samples": config.calibration_samples}
+
+
+def _static(backend: str) -> Variant:
+    return Variant("static_ptq", "torch", int8=True, per_backend=True,
+                   options={"backend": backend, "qconfig": "default"},
+                   describe=lambda c: {"method": "FX static PTQ", "backend": backend,
+                                       "qconfig": f"default qconfig mapping ({backend})", **_calibrated(c)})
+
+
+VARIANTS: dict[str, Variant] = {  # in report order
+    **{f"ptq_{backend}": _static(backend) for backend in STATIC_BACKENDS},
+    "ptq_custom": Variant(
+        "static_ptq", "torch", int8=True, options={"backend": "x86", "qconfig": "custom"},
+        describe=lambda c: {"method": "FX static PTQ", "backend": "x86", **_calibrated(c),
+                            "qconfig": "HistogramObserver activations (quint8, full range), 7-bit per-channel "
+                                       "symmetric MinMaxObserver weights (qint8)"}),
+    "dynamic": Variant(
+        "dynamic", "torch", int8=False,
+        describe=lambda c: {"method": "dynamic quantization (quantize_dynamic)", "backend": "x86",
+                            "note": "PyTorch dynamic quantization covers Linear/RNN only: Conv2d layers stay "
+                                    "float32"}),
+    "fp16": Variant("fp16", "torch", int8=False, describe=lambda c: {"method": "half-precision weights"}),
+    "qat": Variant(
+        "qat", "torch", int8=True,
+        describe=lambda c: {"method": "FX quantization-aware training", "backend": "x86", "epochs": c.qat_epochs,
+                            "lr": c.qat_lr, "freeze_observer_epoch": c.qat_freeze_observer_epoch,
+                            "freeze_bn_epoch": c.qat_freeze_bn_epoch}),
+    "onnx_fp32": Variant(
+        "onnx_export", "onnxruntime", int8=False, fp32=True,
+        describe=lambda c: {"method": "ONNX export (torch.export-based exporter)", "opset": ONNX_OPSET}),
+    "onnx_int8": Variant(
+        "onnx_static", "onnxruntime", int8=True,
+        describe=lambda c: {"method": "ONNX Runtime static quantization", "format": "QDQ", "per_channel": True,
+                            "weights": "int8", "activations": "uint8", **_calibrated(c)}),
+}
+
+
+def is_int8_variant(name: str) -> bool:
+    """Variants whose every conv/linear runs in INT8 (dynamic quantization is INT8 on Linear only)."""
+    return name in VARIANTS and VARIANTS[name].int8
+
+
+def static_variants() -> tuple[str, ...]:
+    """The static INT8 PTQ variants (one per engine or QConfig), compared side by side in the reports."""
+    return tuple(name for name, v in VARIANTS.items() if v.builder == "static_ptq")
+
+
+def fp32_runtime_variants() -> tuple[str, ...]:
+    """Variants that are float32 runtimes of the pruned model (the best-FP32 reference's candidates)."""
+    return tuple(name for name, v in VARIANTS.items() if v.fp32)
+
+
+@dataclass(frozen=True)
+class QuantizeConfig(Settings):
+    """The method part of the `quantize` block (the stage adds its seed, `params.QuantizeParams`)."""
+
+    backends: tuple[str, ...] = STATIC_BACKENDS  # static INT8 PTQ engines (ptq_<backend>)
+    calibration_samples: int = 512
+    calibration_batch_size: int = 64
+    qat_epochs: int = 2
+    qat_freeze_observer_epoch: int = 1
+    qat_freeze_bn_epoch: int = 1
+    qat_lr: float = 0.001
+    variants: tuple[str, ...] = tuple(VARIANTS)
+
+    def validate(self) -> None:
+        check_distinct(self.backends, "backends", STATIC_BACKENDS, non_empty=False)
+        check_distinct(self.variants, "variants", VARIANTS, non_empty=False)
+        for key, low in (("calibration_samples", 1), ("calibration_batch_size", 1), ("qat_epochs", 0),
+                         ("qat_freeze_observer_epoch", 1), ("qat_freeze_bn_epoch", 0)):
+            # observers need at least one epoch of data before their ranges can be frozen
+            check(getattr(self, key) >= low, key, getattr(self, key), f"must be an integer >= {low}")
+        check(math.isfinite(self.qat_lr) and self.qat_lr > 0, "qat_lr", self.qat_lr, "must be a finite number > 0")
+
+    def config(self) -> "QuantizeConfig":
+        """Just the method's settings (the stage block deriving from this class adds its seed)."""
+        return QuantizeConfig(**{name: getattr(self, name) for name in QuantizeConfig.__dataclass_fields__})
+
+
+def variant_names(config: QuantizeConfig) -> list[str]:
+    """The variants a config asks for, in its order; per-engine ones only for engines in `config.backends`."""
+    return [name for name in config.variants
+            if not VARIANTS[name].per_backend or VARIANTS[name].options["backend"] in config.backends]
