@@ -2,13 +2,14 @@
 (soft term weighted by distill.alpha at temperature distill.temperature, hard labels by 1 - alpha)."""
 
 from edgecompress.distill import DistillationLoss
-from edgecompress.pipeline import (TRAIN_STAGE_PATHS, load_teacher, new_model, read_training_params, run_stage,
-                                   stage_args, train_classifier)
+from edgecompress.classifier import TRAIN_STAGE_PATHS, load_teacher, new_model, train_classifier
+from edgecompress.params import Params
+from edgecompress.stage import read_training_params, run_stage, stage_args
 
 
 def main() -> None:
     args = stage_args(__doc__, {**TRAIN_STAGE_PATHS, "teacher": "teacher checkpoint"})
-    params = read_training_params(args.params)  # train.nproc > 1: under torchrun
+    params = read_training_params(args.params, Params)  # train.nproc > 1: under torchrun
     teacher, info = load_teacher(args.teacher, args.data)
     kd = params.distill
     model, arch = new_model(params.model.student, params.model.small_input, args.data,

@@ -5,14 +5,16 @@ import itertools
 
 import torch
 
+from edgecompress.classifier import EVAL_BATCH_SIZE, TRAIN_STAGE_PATHS, load_teacher, train_classifier
 from edgecompress.data import load_meta, make_loader
 from edgecompress.distill import DistillationLoss, hard_label_loss
-from edgecompress.models import load_checkpoint
 from edgecompress.goals import target
-from edgecompress.pipeline import (EVAL_BATCH_SIZE, TRAIN_STAGE_PATHS, load_teacher, log, read_training_params,
-                                   run_stage, stage_args, train_classifier)
+from edgecompress.models import load_checkpoint
+from edgecompress.params import Params
 from edgecompress.prune import prune_model
-from edgecompress.train import evaluate, seed_everything
+from edgecompress.runtime import seed_everything
+from edgecompress.stage import log, read_training_params, run_stage, stage_args
+from edgecompress.train import evaluate
 
 TAYLOR_BATCHES = 4  # gradient batches for Taylor importance: enough for a stable ranking, seconds on CPU
 
@@ -20,7 +22,7 @@ TAYLOR_BATCHES = 4  # gradient batches for Taylor importance: enough for a stabl
 def main() -> None:
     args = stage_args(__doc__, {**TRAIN_STAGE_PATHS, "student": "distilled student checkpoint",
                                 "teacher": "teacher checkpoint (KD fine-tuning)"})
-    params = read_training_params(args.params)  # train.nproc > 1: under torchrun
+    params = read_training_params(args.params, Params)  # train.nproc > 1: under torchrun
     cfg = params.prune
     seed_everything(cfg.seed)
     meta = load_meta(args.data)

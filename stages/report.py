@@ -4,14 +4,15 @@ table, KD gain, pruning, quantization, speedups, goals met or not, params, envir
 import yaml
 
 from edgecompress.data import load_meta
-from edgecompress.pipeline import log, read_params, run_stage, stage_args
-from edgecompress.report import build_report
+from edgecompress.params import Params
+from edgecompress.report.chain import build_report
+from edgecompress.stage import log, read_params, run_stage, stage_args
 
 
 def main() -> None:
     args = stage_args(__doc__, {"data": "prepared data directory", "metrics_dir": "metrics directory",
                                 "plots": "directory with the benchmark plots", "out": "report file to write"})
-    read_params(args.params)  # validated like every stage; the report shows the values recorded in metrics
+    read_params(args.params, Params)  # validated like every stage; the report shows the values recorded in metrics
     with open(args.params) as handle:
         params = yaml.safe_load(handle)
     build_report(args.metrics_dir, args.plots, args.out, params={**params, "dataset": load_meta(args.data)})

@@ -4,12 +4,12 @@ cloud). Run after `dvc queue start -j 2` has finished: python stages/sweep_repor
 
 import argparse
 import json
-import os
 from pathlib import Path
 
 from edgecompress.io import write_text
-from edgecompress.pipeline import log, run_stage
-from edgecompress.sweep import exp_show_json, experiment_rows, plot_sweep, sweep_table
+from edgecompress.markdown import relative_link
+from edgecompress.report.sweep import exp_show_json, experiment_rows, plot_sweep, sweep_table
+from edgecompress.stage import log, run_stage
 
 
 def main() -> None:
@@ -21,7 +21,7 @@ def main() -> None:
     shown = json.loads(Path(args.exp_show).read_text()) if args.exp_show else exp_show_json()
     rows = experiment_rows(shown)
     plot_sweep(rows, args.plot)
-    link = Path(os.path.relpath(args.plot, Path(args.table).parent)).as_posix()
+    link = relative_link(args.plot, Path(args.table).parent)
     write_text(args.table, "# Sweep\n\n" + sweep_table(rows) + f"\n![sweep]({link})\n")
     log.info("%d revisions -> %s, %s", len(rows), args.plot, args.table)
 

@@ -1,12 +1,13 @@
 """Stage `teacher`: train the teacher on hard labels; keep the best-validation checkpoint."""
 
-from edgecompress.pipeline import (TRAIN_STAGE_PATHS, new_model, read_training_params, run_stage, stage_args,
-                                   train_classifier)
+from edgecompress.classifier import TRAIN_STAGE_PATHS, new_model, train_classifier
+from edgecompress.params import Params
+from edgecompress.stage import read_training_params, run_stage, stage_args
 
 
 def main() -> None:
     args = stage_args(__doc__, TRAIN_STAGE_PATHS)
-    params = read_training_params(args.params)  # train.nproc > 1: under torchrun
+    params = read_training_params(args.params, Params)  # train.nproc > 1: under torchrun
     model, arch = new_model(params.model.teacher, params.model.small_input, args.data,
                             seed=params.teacher.seed)
     train_classifier(stage="teacher", prepared_dir=args.data, model=model, arch=arch, epochs=params.teacher.epochs,

@@ -13,9 +13,12 @@ import torch.nn as nn
 
 from edgecompress import EdgecompressError
 from edgecompress.params import parse_params
-from edgecompress.bench import (BenchConfig, BlockTimer, CompileUnavailable, VariantSpec, achieved_fraction,
-                                benchmark_variant, benchmark_variant_isolated, environment_fingerprint, gemm_roofline, latency_sweep,
-                                peak_rss_mb, profile_ops, time_callable, chain_variants, run_benchmark)
+from edgecompress.bench.chain import (CompileUnavailable, VariantSpec, benchmark_variant, benchmark_variant_isolated,
+                                      chain_variants, run_benchmark)
+from edgecompress.bench.config import BenchConfig
+from edgecompress.bench.environment import achieved_fraction, environment_fingerprint, gemm_roofline
+from edgecompress.bench.profile import profile_ops
+from edgecompress.bench.timing import BlockTimer, latency_sweep, peak_rss_mb, time_callable
 
 torch.set_num_threads(1)
 TINY = BenchConfig(batch_sizes=(1, 3), warmup=1, repeats=3, min_time_s=0.0, threads=1, compile=False)
@@ -210,7 +213,8 @@ def test_benchmark_variant_compiled(tiny_variant: tuple[Path, Path, nn.Module]) 
 
 
 def test_benchmark_variant_torchscript_and_onnx(tiny_variant: tuple[Path, Path, nn.Module], tmp_path: Path) -> None:
-    from edgecompress.quantize import export_onnx, save_torchscript
+    from edgecompress.quantize.fx import save_torchscript
+    from edgecompress.quantize.onnx import export_onnx
 
     prepared, _, model = tiny_variant
     example = torch.randn(2, 3, 32, 32)

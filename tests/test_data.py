@@ -13,14 +13,14 @@ from PIL import Image
 
 from edgecompress import EdgecompressError
 from edgecompress.data import (
-    _load_image,
-    dataset_names,
     load_meta,
     load_split,
     make_loader,
     normalize_transform,
     prepare_dataset,
 )
+
+from edgecompress.datasets import _load_image, dataset_names
 
 SPLITS = ("train", "val", "test")
 
@@ -230,13 +230,13 @@ def test_imagefolder_errors(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize(("overrides", "pattern"), [
-    ({"name": "mnist"}, r"data\.name='mnist': unknown .*'digits'"),
+    ({"name": "mnist"}, r"data\.name='mnist' is invalid: allowed: digits, "),
     ({"val_fraction": 0.0}, r"data\.val_fraction=0\.0"),
     ({"test_fraction": 1.5}, r"data\.test_fraction=1\.5"),
-    ({"val_fraction": 0.5, "test_fraction": 0.5}, r"expected < 1"),
-    ({"image_size": 4}, r"data\.image_size=4: expected an integer >= 8"),
+    ({"val_fraction": 0.5, "test_fraction": 0.5}, r"val_fraction \+ test_fraction must be < 1"),
+    ({"image_size": 4}, r"data\.image_size=4 is invalid: must be an integer >= 8"),
     ({"max_samples": 0}, r"data\.max_samples=0"),
-    ({"max_samples": 5}, r"data\.max_samples=5: .*classes \(10\)"),
+    ({"max_samples": 5}, r"data\.max_samples=5 is invalid: .*classes \(10\)"),
 ])
 def test_parameter_errors(tmp_path: Path, overrides: dict, pattern: str) -> None:
     with pytest.raises(EdgecompressError, match=pattern):
@@ -307,7 +307,7 @@ def test_augmentation_changes_images(digits_dir: Path) -> None:
     xa, ya = _first_batch(aug)
     assert torch.equal(yp, ya)  # same shuffle order
     assert not torch.allclose(xp, xa)
-    with pytest.raises(EdgecompressError, match="augment.blur: unknown key"):
+    with pytest.raises(EdgecompressError, match="train.augment.blur is not a known parameter"):
         make_loader(digits_dir, "train", batch_size=4, train=True, seed=0, augment={"blur": 1})
 
 
@@ -325,7 +325,7 @@ def test_random_erasing(digits_dir: Path) -> None:
     assert changed.flatten(1).any(dim=1).all()
     assert torch.allclose(xe[changed], zero.expand_as(xe)[changed])
     for bad in (1.5, -0.1):
-        with pytest.raises(EdgecompressError, match=rf"train\.augment\.random_erasing={bad}: expected"):
+        with pytest.raises(EdgecompressError, match=rf"train\.augment\.random_erasing={bad} is invalid"):
             make_loader(digits_dir, "train", batch_size=4, train=True, seed=0, augment={"random_erasing": bad})
 
 

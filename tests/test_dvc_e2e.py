@@ -63,6 +63,21 @@ def check_remote_round_trip(repo, remote, clone):
     assert "Running stage" not in run(["dvc", "repro"], clone).stdout
 
 
+def check_metrics_diff_in_fresh_clone(repo, clone):
+    """A reviewer's clone (no DVC remote, no cache) diffs the committed metrics of two revisions: the
+    metrics JSON live in git (cache: false), so benchmark and quantize values show as numbers."""
+    run(["git", "clone", "-q", str(repo), str(clone)], repo.parent)
+    assert not (clone / ".dvc" / "cache").exists()
+    diff = json.loads(run(["dvc", "metrics", "diff", "HEAD~1", "--all", "--json"], clone).stdout)
+    for path, key in (("metrics/benchmark.json", "variants.pruned.accuracy"),
+                      ("metrics/quantize.json", "variants.ptq_x86.accuracy"),
+                      ("metrics/distill.json", "alpha")):
+        entry = diff[path][key]
+        assert isinstance(entry["old"], (int, float)) and isinstance(entry["new"], (int, float)), (path, key, entry)
+    assert diff["metrics/distill.json"]["alpha"]["old"] == 0.7 and diff["metrics/distill.json"]["alpha"]["new"] == 0.2
+    assert any(key.startswith("variants.") and key.endswith(".median") for key in diff["metrics/benchmark.json"])
+
+
 def test_repro_noop_determinism_and_experiment(repo_copy):
     repo = repo_copy
     write_params(repo, TINY_PARAMS)
@@ -122,6 +137,7 @@ def test_repro_noop_determinism_and_experiment(repo_copy):
     # Pruning ratio: re-runs prune and quantize, nothing upstream.
     run(["git", "add", "-A"], repo)
     run(["git", "commit", "-qm", "alpha experiment applied"], repo)
+    check_metrics_diff_in_fresh_clone(repo, repo.parent / "review-clone")
     exp = run(["dvc", "exp", "run", "-S", "prune.ratio=0.5"], repo)
     assert "Running stage 'prune'" in exp.stdout and "Running stage 'quantize'" in exp.stdout
     for untouched in ("prepare", "teacher", "student_baseline", "distill"):

@@ -5,7 +5,7 @@ import torch
 
 from edgecompress import EdgecompressError
 from edgecompress.io import save_torch
-from edgecompress.models import (arch_config, build_model, count_macs, count_params, load_checkpoint,
+from edgecompress.models import (arch_config, build_model, count_layer_macs, count_params, load_checkpoint,
                                  save_checkpoint)
 
 
@@ -20,7 +20,7 @@ def test_cifar_resnet_sizes_match_the_paper():
     # He et al. 2016, Table 6: ResNet-20 0.27M, ResNet-56 0.85M parameters (projection shortcuts add a little).
     assert 0.26e6 < count_params(build_model("resnet20", 10)) < 0.30e6
     assert 0.84e6 < count_params(build_model("resnet56", 10)) < 0.90e6
-    assert 39e6 < count_macs(build_model("resnet20", 10), (3, 32, 32)) < 43e6
+    assert 39e6 < count_layer_macs(build_model("resnet20", 10), (3, 32, 32)) < 43e6
 
 
 def test_width_multiplier_shrinks_the_model():

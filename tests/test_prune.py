@@ -149,12 +149,12 @@ def test_checkpoint_roundtrip(tmp_path) -> None:
 @pytest.mark.parametrize(
     "kwargs, key",
     [
-        ({"ratio": -0.1}, "prune.ratio"),
-        ({"ratio": 1.0}, "prune.ratio"),
-        ({"importance": "foo"}, "prune.importance"),
-        ({"iterative_steps": 0}, "prune.iterative_steps"),
-        ({"round_to": 0}, "prune.round_to"),
-        ({"global_pruning": "yes"}, "prune.global_pruning"),
+        ({"ratio": -0.1}, "ratio=-0.1 is invalid"),
+        ({"ratio": 1.0}, "ratio=1.0 is invalid"),
+        ({"importance": "foo"}, "importance='foo' is invalid"),
+        ({"iterative_steps": 0}, "iterative_steps=0 is invalid"),
+        ({"round_to": 0}, "round_to=0 is invalid"),
+        ({"global_pruning": "yes"}, "global='yes' is invalid"),  # named as in params.yaml
     ],
 )
 def test_config_validation(kwargs: dict, key: str) -> None:
@@ -162,13 +162,13 @@ def test_config_validation(kwargs: dict, key: str) -> None:
         PruneConfig(**kwargs)
     message = str(exc.value)
     assert key in message and "\n" not in message
-    if key == "prune.importance":
+    if key.startswith("importance"):
         assert "l1, l2, random, taylor" in message
 
 
 def test_config_to_dict() -> None:
     assert PruneConfig().to_dict() == {
-        "ratio": 0.2, "importance": "l1", "global_pruning": False, "iterative_steps": 1, "round_to": None,
+        "ratio": 0.2, "importance": "l1", "global": False, "iterative_steps": 1, "round_to": None,
     }
 
 

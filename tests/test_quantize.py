@@ -20,7 +20,9 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from edgecompress import EdgecompressError
 from edgecompress.params import parse_params
-from edgecompress import quantize as q
+from edgecompress.quantize import common as qcommon
+from edgecompress.quantize import config as qconfig
+from edgecompress.quantize import fx, onnx
 from edgecompress.models import build_model
 
 NUM_CLASSES = 10
@@ -82,28 +84,28 @@ def variants(setup, tmp_path_factory) -> dict:
     out = tmp_path_factory.mktemp("artifacts")
     model, calib, example = setup["model"], setup["calib"], setup["batch"][:2]
     built: dict = {}
-    for backend in q.STATIC_BACKENDS:
+    for backend in qconfig.STATIC_BACKENDS:
         if backend in torch.backends.quantized.supported_engines:
-            built[f"ptq_{backend}"] = q.quantize_static_fx(model, calib, backend=backend)
-    built["ptq_custom"] = q.quantize_static_fx(model, calib, backend="x86", qconfig="custom")
-    built["dynamic"] = q.quantize_dynamic_linear(model)
-    built["fp16"] = q.to_fp16(model)
+            built[f"ptq_{backend}"] = fx.quantize_static_fx(model, calib, backend=backend)
+    built["ptq_custom"] = fx.quantize_static_fx(model, calib, backend="x86", qconfig="custom")
+    built["dynamic"] = fx.quantize_dynamic_linear(model)
+    built["fp16"] = fx.to_fp16(model)
     # QAT: one tiny training step, then the freeze helpers the training loop uses in its last epochs.
-    qat = q.prepare_qat(model, (example,), backend="x86")
+    qat = fx.prepare_qat(model, (example,), backend="x86")
     optimizer = torch.optim.SGD(qat.parameters(), lr=1e-4)
     x, y = _sample(setup["prototypes"], 32, setup["gen"])
     nn.functional.cross_entropy(qat(x), y).backward()
     optimizer.step()
-    q.freeze_qat_observers(qat)
-    q.freeze_qat_bn(qat)
-    built["qat"] = q.convert_qat(qat)
+    fx.freeze_qat_observers(qat)
+    fx.freeze_qat_bn(qat)
+    built["qat"] = fx.convert_qat(qat)
     result = {}
     for name, module in built.items():
         path = out / f"{name}.ts"
-        q.save_torchscript(module, (example,), path, metadata={"variant": name})
+        fx.save_torchscript(module, (example,), path, metadata={"variant": name})
         result[name] = (module, path)
-    q.export_onnx(model, (example,), out / "onnx_fp32.onnx")
-    q.quantize_onnx_static(out / "onnx_fp32.onnx", out / "onnx_int8.onnx", calib)
+    onnx.export_onnx(model, (example,), out / "onnx_fp32.onnx")
+    onnx.quantize_onnx_static(out / "onnx_fp32.onnx", out / "onnx_int8.onnx", calib)
     result["onnx_fp32"] = (None, out / "onnx_fp32.onnx")
     result["onnx_int8"] = (None, out / "onnx_int8.onnx")
     result["_qat_prepared"] = qat
@@ -113,9 +115,9 @@ def variants(setup, tmp_path_factory) -> dict:
 def _logits(variants: dict, name: str, batch: torch.Tensor) -> torch.Tensor:
     module, path = variants[name]
     if module is None:
-        return q.run_onnx(path, batch)
+        return onnx.run_onnx(path, batch)
     engine = getattr(module, "quant_engine", None)
-    with (q.quant_engine(engine) if engine else torch.no_grad()), torch.no_grad():
+    with (fx.quant_engine(engine) if engine else torch.no_grad()), torch.no_grad():
         return module(batch)
 
 
@@ -133,13 +135,13 @@ def test_int8_variant_agrees_with_fp32(setup, variants, name):
 
 
 def test_static_int8_quantizes_every_layer(variants):
-    summary = q.layer_summary(variants["ptq_x86"][0])
+    summary = fx.layer_summary(variants["ptq_x86"][0])
     assert summary["float"] == 0 and summary["quantized"] == 22  # 21 convs + fc
     assert summary["quantized_layers"]["ConvReLU2d"] > 0  # Conv-BN-ReLU fused
 
 
 def test_dynamic_quantizes_linear_only(variants, caplog):
-    summary = q.layer_summary(variants["dynamic"][0])
+    summary = fx.layer_summary(variants["dynamic"][0])
     assert summary["float_layers"] == {"Conv2d": 21}
     assert summary["quantized_layers"] == {"Linear": 1}
     assert variants["dynamic"][0].fc.__class__.__module__.startswith("torch.ao.nn.quantized.dynamic")
@@ -147,7 +149,7 @@ def test_dynamic_quantizes_linear_only(variants, caplog):
 
 def test_dynamic_logs_that_conv_stays_float(setup, caplog):
     with caplog.at_level("INFO", logger="edgecompress.quantize"):
-        q.quantize_dynamic_linear(setup["model"])
+        fx.quantize_dynamic_linear(setup["model"])
     assert "Conv2d layers stay float32" in caplog.text
 
 
@@ -165,26 +167,26 @@ class WeightReader(torch.nn.Module):
 def test_dynamic_keeps_weight_read_linears_float_and_runs():
     model = WeightReader().eval()
     x = torch.randn(3, 8)
-    assert q.linear_layers_called(model, x) == (["mlp"], ["attn"])
+    assert fx.linear_layers_called(model, x) == (["mlp"], ["attn"])
     with pytest.raises(TypeError, match="must be Tensor, not method"):
-        q.quantize_dynamic_linear(model)(x)  # every Linear swapped: the model's own forward breaks
-    quantized = q.quantize_dynamic_linear(model, x)
-    summary = q.layer_summary(quantized)
+        fx.quantize_dynamic_linear(model)(x)  # every Linear swapped: the model's own forward breaks
+    quantized = fx.quantize_dynamic_linear(model, x)
+    summary = fx.layer_summary(quantized)
     assert summary["quantized_layers"] == {"Linear": 1} and summary["float_layers"] == {"Linear": 1}
     assert torch.allclose(quantized(x), model(x), atol=0.05)
 
 
 def test_fp16_takes_float32_input(setup, variants):
-    assert q.fp16_cpu_compute() in (q.FP16_NATIVE, q.FP16_UPCAST)
+    assert fx.fp16_cpu_compute() in (fx.FP16_NATIVE, fx.FP16_UPCAST)
     logits = variants["fp16"][0](setup["batch"])
     assert logits.dtype == torch.float32
     assert (logits.argmax(1) == setup["logits"].argmax(1)).float().mean() >= 0.95
-    if q.fp16_cpu_compute() == q.FP16_NATIVE:
+    if fx.fp16_cpu_compute() == fx.FP16_NATIVE:
         assert variants["fp16"][0].model.fc.weight.dtype == torch.float16
 
 
 def test_onnx_fp32_matches_pytorch(setup, variants):
-    assert q.onnx_max_abs_diff(variants["onnx_fp32"][1], setup["model"], setup["batch"]) < 1e-4
+    assert onnx.onnx_max_abs_diff(variants["onnx_fp32"][1], setup["model"], setup["batch"]) < 1e-4
     # Exporter stack traces are stripped, so the artifact's hash does not depend on the checkout path.
     assert b"models.py" not in variants["onnx_fp32"][1].read_bytes()
 
@@ -222,11 +224,11 @@ def test_artifacts_reload_in_bare_python(setup, variants, tmp_path):
 
 def test_torchscript_metadata_and_loader(variants):
     path = variants["ptq_qnnpack"][1] if "ptq_qnnpack" in variants else variants["ptq_x86"][1]
-    meta = q.read_torchscript_metadata(path)
-    assert meta["quant_engine"] in q.STATIC_BACKENDS and meta["variant"].startswith("ptq_")
+    meta = fx.read_torchscript_metadata(path)
+    assert meta["quant_engine"] in qconfig.STATIC_BACKENDS and meta["variant"].startswith("ptq_")
     before = torch.backends.quantized.engine
     try:
-        assert isinstance(q.load_torchscript(path), torch.jit.ScriptModule)
+        assert isinstance(fx.load_torchscript(path), torch.jit.ScriptModule)
         assert torch.backends.quantized.engine == meta["quant_engine"]
     finally:
         torch.backends.quantized.engine = before
@@ -248,43 +250,43 @@ def test_qat_freeze_helpers(variants):
 def test_static_does_not_modify_input(setup):
     model = setup["model"]
     before = {k: v.clone() for k, v in model.state_dict().items()}
-    q.quantize_static_fx(model, setup["calib"][:8], backend="x86")
+    fx.quantize_static_fx(model, setup["calib"][:8], backend="x86")
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
     assert type(model.layer1[0].conv1) is nn.Conv2d
 
 
 def test_backend_unsupported(setup, monkeypatch):
-    with pytest.raises(q.BackendUnsupported, match="'tpu'.*supported engines"):
-        q.quantize_static_fx(setup["model"], setup["calib"][:4], backend="tpu")
-    monkeypatch.setattr(q, "_supported_engines", lambda: ["x86", "fbgemm"])  # e.g. a build without qnnpack
-    with pytest.raises(q.BackendUnsupported, match="qnnpack"):
-        q.quantize_static_fx(setup["model"], setup["calib"][:4], backend="qnnpack")
-    assert issubclass(q.BackendUnsupported, EdgecompressError)
+    with pytest.raises(qcommon.BackendUnsupported, match="'tpu'.*supported engines"):
+        fx.quantize_static_fx(setup["model"], setup["calib"][:4], backend="tpu")
+    monkeypatch.setattr(fx, "_supported_engines", lambda: ["x86", "fbgemm"])  # e.g. a build without qnnpack
+    with pytest.raises(qcommon.BackendUnsupported, match="qnnpack"):
+        fx.quantize_static_fx(setup["model"], setup["calib"][:4], backend="qnnpack")
+    assert issubclass(qcommon.BackendUnsupported, EdgecompressError)
 
 
 def test_config_validation():
-    with pytest.raises(EdgecompressError, match=r"quantize\.backends.*'tpu'.*allowed: x86, fbgemm, qnnpack"):
-        q.QuantizeConfig(backends=("x86", "tpu"))
-    with pytest.raises(EdgecompressError, match=r"quantize\.calibration_samples=0"):
-        q.QuantizeConfig(calibration_samples=0)
-    with pytest.raises(EdgecompressError, match=r"quantize\.qat_epochs=-1"):
-        q.QuantizeConfig(qat_epochs=-1)
-    with pytest.raises(EdgecompressError, match=r"quantize\.variants"):
-        q.QuantizeConfig(variants=["ptq_x86", "int4"])
-    with pytest.raises(EdgecompressError, match=r"quantize\.qat_lr"):
-        q.QuantizeConfig(qat_lr=0)
+    with pytest.raises(EdgecompressError, match=r"^backends=\['x86', 'tpu'\] is invalid: .*allowed: x86, fbgemm, qnnpack"):
+        qconfig.QuantizeConfig(backends=("x86", "tpu"))
+    with pytest.raises(EdgecompressError, match=r"^calibration_samples=0 is invalid"):
+        qconfig.QuantizeConfig(calibration_samples=0)
+    with pytest.raises(EdgecompressError, match=r"^qat_epochs=-1 is invalid"):
+        qconfig.QuantizeConfig(qat_epochs=-1)
+    with pytest.raises(EdgecompressError, match=r"^variants=\['ptq_x86', 'int4'\] is invalid"):
+        qconfig.QuantizeConfig(variants=["ptq_x86", "int4"])
+    with pytest.raises(EdgecompressError, match=r"^qat_lr=0 is invalid"):
+        qconfig.QuantizeConfig(qat_lr=0)
     with pytest.raises(EdgecompressError, match=r"quantize\.bogus"):
         parse_params({"quantize": {"bogus": 1}})
     settings = {"backends": ["x86"], "calibration_samples": 8192, "qat_epochs": 0}
     config = parse_params({"quantize": settings}).quantize.config()
-    assert config.backends == ("x86",) and q.QuantizeConfig(calibration_samples=1).calibration_samples == 1
+    assert config.backends == ("x86",) and qconfig.QuantizeConfig(calibration_samples=1).calibration_samples == 1
     assert parse_params({"quantize": config.to_dict()}).quantize.config() == config
-    assert set(q.QuantizeConfig().variants) == set(q.VARIANTS)
+    assert set(qconfig.QuantizeConfig().variants) == set(qconfig.VARIANTS)
 
 
 def test_calibration_tensors():
     data = TensorDataset(torch.randn(100, 3, 8, 8), torch.zeros(100, dtype=torch.long))
-    assert q.calibration_tensors(DataLoader(data, batch_size=32), 70).shape == (70, 3, 8, 8)
-    assert q.calibration_tensors(DataLoader(data, batch_size=32), 500).shape[0] == 100
+    assert qcommon.calibration_tensors(DataLoader(data, batch_size=32), 70).shape == (70, 3, 8, 8)
+    assert qcommon.calibration_tensors(DataLoader(data, batch_size=32), 500).shape[0] == 100
     with pytest.raises(EdgecompressError):
-        q.calibration_tensors(DataLoader(data, batch_size=32), 0)
+        qcommon.calibration_tensors(DataLoader(data, batch_size=32), 0)

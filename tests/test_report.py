@@ -14,8 +14,9 @@ from pathlib import Path
 import pytest
 
 from edgecompress import EdgecompressError
-from edgecompress import report
-from edgecompress.bench import is_int8_variant
+from edgecompress.quantize.config import is_int8_variant
+from edgecompress.report import chain as report
+from edgecompress.report import chain_metrics, chain_plots
 
 FIXTURE = Path(__file__).parent / "fixtures" / "report"
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -59,7 +60,7 @@ def cells(row: str) -> list[str]:
 def built(tmp_path_factory):
     """build_report on the fixture, once: (returned text, out dir)."""
     out = tmp_path_factory.mktemp("report")
-    report.write_plots(report.load_metrics(FIXTURE)["benchmark"], out / "plots")
+    chain_plots.write_plots(chain_metrics.load_metrics(FIXTURE)["benchmark"], out / "plots")
     text = report.build_report(FIXTURE, out / "plots", out / "REPORT.md", params=PARAMS)
     return text, out
 
@@ -110,7 +111,7 @@ def test_report_numbers_come_from_the_fixture(built):
 def test_every_goal_row_is_present_with_its_verdict(built):
     text, _ = built
     goals = {**fixture_json("prune")["targets"], **fixture_json("quantize")["targets"],
-             **report.performance_goals(fixture_json("benchmark"))}
+             **chain_metrics.performance_goals(fixture_json("benchmark"))}
     assert len(goals) == 15
     goal_rows = [line for line in section(text, "Goals").splitlines()
                  if line.startswith("| ") and "`" in line]
@@ -161,7 +162,7 @@ def test_kd_gain_positive_and_skipped_quantize_variant(tmp_path):
         q["variants"]["qat"] = {"skipped": "quantize.qat_epochs is 0"}
         del q["targets"]["qat_accuracy_drop_points"], q["targets"]["qat_size_ratio"]
 
-    metrics = report.load_metrics(copy_fixture(tmp_path, {"distill": better_student, "quantize": skip_qat}))
+    metrics = chain_metrics.load_metrics(copy_fixture(tmp_path, {"distill": better_student, "quantize": skip_qat}))
     text = report.render_report(metrics, {}, {})
     assert "KD gain: **+1.11 points**" in text                 # 100 * (0.992593 - 0.981481)
     assert "KD did not help" not in text
@@ -170,7 +171,7 @@ def test_kd_gain_positive_and_skipped_quantize_variant(tmp_path):
 
 
 def test_params_that_differ_from_the_metrics_are_flagged(tmp_path):
-    text = report.render_report(report.load_metrics(FIXTURE), {"prune": {"ratio": 0.5}}, {})
+    text = report.render_report(chain_metrics.load_metrics(FIXTURE), {"prune": {"ratio": 0.5}}, {})
     assert "params `prune.ratio` is 0.5 but the metrics were produced with 0.2" in text
 
 
@@ -184,7 +185,7 @@ def test_values_the_benchmark_leaves_empty_never_print_none(tmp_path):
         b["variants"]["pruned_compiled"]["compile_s"] = None
         b["environment"]["cuda"] = {"version": "13.0", "device_name": "test GPU"}
 
-    text = report.render_report(report.load_metrics(copy_fixture(tmp_path, {"benchmark": as_bench_writes})), {}, {})
+    text = report.render_report(chain_metrics.load_metrics(copy_fixture(tmp_path, {"benchmark": as_bench_writes})), {}, {})
     assert "None" not in text and "nan" not in text
     row = cells(table_row(text, "quantize | `onnx_int8`"))
     prune = fixture_json("prune")
@@ -193,7 +194,7 @@ def test_values_the_benchmark_leaves_empty_never_print_none(tmp_path):
 
 
 def test_missing_targets_are_noted(tmp_path):
-    metrics = report.load_metrics(copy_fixture(tmp_path, {"prune": lambda p: p.pop("targets")}))
+    metrics = chain_metrics.load_metrics(copy_fixture(tmp_path, {"prune": lambda p: p.pop("targets")}))
     text = report.render_report(metrics, {}, {})
     assert "prune.json records no targets" in text
     assert "`mac_reduction`" not in text
@@ -203,7 +204,7 @@ def test_missing_targets_are_noted(tmp_path):
 # Numbers
 def test_speedups_match_hand_computed_values():
     bench = fixture_json("benchmark")
-    sp = report.speedups(bench, "8")
+    sp = chain_metrics.speedups(bench, "8")
     assert "ptq_qnnpack" not in sp                               # skipped
     onnx = sp["onnx_int8"]
     assert onnx["latency_ms"] == 0.085
@@ -213,7 +214,7 @@ def test_speedups_match_hand_computed_values():
     assert onnx["vs_teacher"] == pytest.approx(2.0 / 0.085)
     assert sp["pruned"]["vs_pruned_eager"] == pytest.approx(1.0)
     assert sp["teacher"]["vs_teacher"] == pytest.approx(1.0)
-    one = report.speedups(bench, batch="1")
+    one = chain_metrics.speedups(bench, batch="1")
     assert one["ptq_x86"]["vs_teacher"] == pytest.approx(2.9 / 0.21)
     assert one["pruned_compiled"]["vs_pruned_eager"] == pytest.approx(0.48 / 0.36)
 
@@ -221,13 +222,13 @@ def test_speedups_match_hand_computed_values():
 def test_best_fp32_runtime_ignores_skipped_variants():
     bench = fixture_json("benchmark")
     bench["variants"]["onnx_fp32"] = {"stage": "quantize", "skipped": "onnxruntime missing"}
-    sp = report.speedups(bench, "8")
+    sp = chain_metrics.speedups(bench, "8")
     assert sp["onnx_int8"]["best_fp32"] == "pruned_compiled"
     assert sp["onnx_int8"]["vs_best_fp32"] == pytest.approx(0.22 / 0.085)
 
 
 def test_performance_goals_match_hand_computed_values():
-    goals = report.performance_goals(fixture_json("benchmark"))
+    goals = chain_metrics.performance_goals(fixture_json("benchmark"))
     assert {g["variant"] for g in goals.values()} == {"onnx_int8"}   # fastest INT8 at batch 8 (0.085 ms)
     expected = {"int8_speedup_vs_pruned_eager": (0.30 / 0.085, True),      # 3.53 >= 3
                 "int8_speedup_vs_best_fp32": (0.12 / 0.085, False),        # 1.41 < 1.5
@@ -245,7 +246,7 @@ def test_performance_goals_match_hand_computed_values():
 def test_dynamic_is_never_the_best_int8_variant():
     bench = fixture_json("benchmark")
     bench["variants"]["dynamic"]["latency_ms"]["8"]["median"] = 0.001
-    goals = report.performance_goals(bench)
+    goals = chain_metrics.performance_goals(bench)
     assert goals["final_speedup_vs_teacher"]["variant"] == "onnx_int8"
 
 
@@ -254,13 +255,8 @@ def test_performance_goals_without_int8_are_not_met():
     for name in list(bench["variants"]):
         if is_int8_variant(name):
             bench["variants"][name] = {"stage": "quantize", "skipped": "test"}
-    goals = report.performance_goals(bench)
+    goals = chain_metrics.performance_goals(bench)
     assert all(g["value"] is None and g["met"] is False for g in goals.values())
-
-
-def test_pareto_front():
-    points = [("a", 1.0, 90.0), ("b", 2.0, 95.0), ("c", 3.0, 94.0), ("d", 0.5, 80.0), ("e", 2.0, 93.0)]
-    assert report.pareto_front(points) == ["d", "a", "b"]
 
 
 # ----------------------------------------------------------------------------------------------
@@ -271,8 +267,8 @@ def assert_png(path: Path) -> None:
     assert len(data) > 10_000, f"{path}: only {len(data)} bytes"
 
 
-@pytest.mark.parametrize("plot", [report.plot_pareto, report.plot_batch_size_analysis,
-                                  report.plot_static_quant_analysis])
+@pytest.mark.parametrize("plot", [chain_plots.plot_pareto, chain_plots.plot_batch_size_analysis,
+                                  chain_plots.plot_static_quant_analysis])
 def test_plot_functions_write_png(tmp_path, plot):
     path = tmp_path / "sub" / f"{plot.__name__}.png"
     plot(fixture_json("benchmark"), path)
@@ -280,12 +276,12 @@ def test_plot_functions_write_png(tmp_path, plot):
 
 
 def test_plot_bars_writes_three_pngs(tmp_path):
-    report.plot_bars(fixture_json("benchmark"), tmp_path)
+    chain_plots.plot_bars(fixture_json("benchmark"), tmp_path)
     for name in ("accuracy.png", "size.png", "latency.png"):
         assert_png(tmp_path / name)
 
 
-@pytest.mark.parametrize("name", report.METRICS_FILES)
+@pytest.mark.parametrize("name", chain_metrics.METRICS_FILES)
 def test_missing_metrics_file_is_named(tmp_path, name):
     metrics_dir = copy_fixture(tmp_path / "metrics")
     (metrics_dir / f"{name}.json").unlink()

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from edgecompress import sweep
+from edgecompress.report import sweep
 
 
 def revision(name: str | None, rev: str, alpha: float, temperature: float, ratio: float, acc: float) -> dict:

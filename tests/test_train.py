@@ -9,7 +9,8 @@ import pytest
 import torch
 
 from edgecompress import EdgecompressError, distributed
-from edgecompress.train import amp_enabled, make_scheduler, resolve_device
+from edgecompress.runtime import amp_enabled, resolve_device
+from edgecompress.train import make_scheduler
 
 needs_no_gpu = pytest.mark.skipif(torch.cuda.is_available(), reason="checks the behaviour without a GPU")
 

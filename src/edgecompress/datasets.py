@@ -31,6 +31,7 @@ _CIFAR_LAYOUT = {
 
 
 
+@dataclass
 class RawData:
     """A loaded data set before splitting: pool "all" (split is carved) or "train"/"test"[/"val"]."""
 

@@ -15,9 +15,9 @@ from typing import Any, Iterator
 import matplotlib.pyplot as plt
 
 from edgecompress import EdgecompressError
-from edgecompress.bench import is_int8_variant
+from edgecompress.quantize.config import is_int8_variant
 from edgecompress.plots import save_figure
-from edgecompress.report import markdown_table
+from edgecompress.markdown import markdown_table
 
 LATENCY_BATCH = "8"  # the batch the chain's goals use; the largest measured one when 8 was not
 

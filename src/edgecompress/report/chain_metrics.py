@@ -1,0 +1,157 @@
+"""The chain's metrics read back for the report and its plots: which variants exist, in what order,
+their latencies, the speedups against the references, and the project's performance goals.
+
+Variant families in `benchmark.json`:
+- FP32 runtimes of the pruned model: `pruned` (eager), `pruned_compiled`, and the quantize variants the
+  registry marks `fp32` (`onnx_fp32`);
+- fully INT8 variants: those the registry marks `int8` (`ptq_*`, `qat`, `onnx_int8`; `dynamic`
+  quantizes only Linear layers: not INT8 end to end, so it never counts as "the best INT8 variant");
+- a skipped variant holds only `stage` and `skipped` (the reason).
+Latencies are per-sample milliseconds (`latency_ms`, median and IQR over the benchmark's repeats).
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Iterable
+
+from edgecompress import EdgecompressError
+from edgecompress.goals import target
+from edgecompress.io import read_json
+from edgecompress.quantize.config import VARIANTS, fp32_runtime_variants, is_int8_variant
+
+METRICS_FILES = ("teacher", "student_baseline", "distill", "prune", "quantize", "benchmark")
+# the chain's checkpoints and the benchmark's own extras, then the quantize variants in registry order
+VARIANT_ORDER = ("teacher", "student_baseline", "student", "pruned", "pruned_compiled", "pruned_fp16", *VARIANTS)
+FP32_RUNTIMES = ("pruned", "pruned_compiled", *fp32_runtime_variants())
+
+
+# Loading and selection
+def load_metrics(metrics_dir: str | Path) -> dict[str, dict]:
+    """Read every metrics file the report needs.
+
+    Returns:
+        {"teacher", "student_baseline", "distill", "prune", "quantize", "benchmark"} -> parsed JSON.
+    Raises:
+        EdgecompressError: naming the file that is missing or malformed.
+    """
+    metrics_dir = Path(metrics_dir)
+    out = {name: read_json(metrics_dir / f"{name}.json") for name in METRICS_FILES}
+    for name, data in out.items():
+        if not isinstance(data, dict):
+            raise EdgecompressError(f"{metrics_dir / f'{name}.json'}: expected a JSON object")
+    if not isinstance(out["benchmark"].get("variants"), dict):
+        raise EdgecompressError(f"{metrics_dir / 'benchmark.json'}: no 'variants' mapping")
+    if not isinstance(out["quantize"].get("variants"), dict):
+        raise EdgecompressError(f"{metrics_dir / 'quantize.json'}: no 'variants' mapping")
+    return out
+
+
+def ordered_variants(bench: dict) -> list[str]:
+    """Variant names of `bench`, in pipeline order (unknown names last, in file order)."""
+    names = list(bench["variants"])
+    return [n for n in VARIANT_ORDER if n in names] + [n for n in names if n not in VARIANT_ORDER]
+
+
+def measured_entry(bench: dict, name: str) -> dict | None:
+    """The variant's benchmark entry, or None when it is absent or was skipped."""
+    entry = bench["variants"].get(name)
+    return None if entry is None or "skipped" in entry else entry
+
+
+def latency(bench: dict, name: str, batch: str, key: str = "median") -> float | None:
+    """Per-sample latency (ms; `key`: median or iqr) of a measured variant at `batch`, else None."""
+    entry = measured_entry(bench, name)
+    if entry is None:
+        return None
+    value = entry.get("latency_ms", {}).get(str(batch), {}).get(key)
+    return None if value is None or not math.isfinite(value) else float(value)
+
+
+def fastest(bench: dict, names: Iterable[str], batch: str) -> str | None:
+    """The name with the lowest per-sample median latency at `batch` (skipped/unmeasured ones ignored)."""
+    timed = [(lat, n) for n in names if (lat := latency(bench, n, batch)) is not None]
+    return min(timed)[1] if timed else None
+
+
+def ratio(reference: float | None, value: float | None) -> float | None:
+    """reference / value (> 1: value is smaller), None when either is missing."""
+    if reference is None or value is None or value <= 0:
+        return None
+    return reference / value
+
+
+def batch_keys(bench: dict) -> tuple[str, str]:
+    """The smallest and largest benchmarked batch sizes as keys (normally "1" and "16")."""
+    sizes = bench.get("config", {}).get("batch_sizes") or [1, 16]
+    return str(min(sizes)), str(max(sizes))
+
+
+# Derived numbers
+def speedups(bench: dict, batch: str = "8") -> dict:
+    """Per-sample latency speedups at one batch size, for every measured variant.
+
+    Returns:
+        {variant: {"latency_ms", "vs_pruned_eager", "vs_best_fp32", "best_fp32", "vs_teacher"}}: a speedup is
+        reference latency / variant latency (> 1 = faster); the best FP32 runtime is the fastest of
+        pruned, pruned_compiled and onnx_fp32 at that batch. A speedup whose reference was not measured
+        is None. Skipped variants (and ones without a latency at `batch`) are left out.
+    """
+    batch = str(batch)
+    best = fastest(bench, FP32_RUNTIMES, batch)
+    refs = {"vs_pruned_eager": latency(bench, "pruned", batch),
+            "vs_best_fp32": latency(bench, best, batch) if best else None,
+            "vs_teacher": latency(bench, "teacher", batch)}
+    out = {}
+    for name in ordered_variants(bench):
+        lat = latency(bench, name, batch)
+        if lat is None:
+            continue
+        out[name] = {"latency_ms": lat, **{k: ratio(ref, lat) for k, ref in refs.items()}, "best_fp32": best}
+    return out
+
+
+def _goal(value: float | None, goal: str, variant: str | None, reference: str | None, **bound: float) -> dict:
+    entry = {"value": None, "goal": goal, "met": False} if value is None else target(value, goal=goal, **bound)
+    return {**entry, "variant": variant, "reference": reference}
+
+
+def performance_goals(bench: dict) -> dict:
+    """The project's latency/size/accuracy goals for the final chain, from `benchmark.json`.
+
+    The final chain is the best INT8 variant: the lowest batch-8 per-sample latency among ptq_*, qat and
+    onnx_int8. Each entry is goals.target()'s {"value", "goal", "met"} plus "variant" (the INT8 variant
+    used) and "reference" (what it is compared with); when a side was not measured, value is None and
+    met is False.
+    """
+    b = "8"
+    best = fastest(bench, [n for n in bench["variants"] if is_int8_variant(n)], b)
+    fp32 = fastest(bench, FP32_RUNTIMES, b)
+    lat = latency(bench, best, b) if best else None
+    final = measured_entry(bench, best) if best else None
+    teacher = measured_entry(bench, "teacher")
+
+    def field(entry: dict | None, key: str) -> float | None:
+        return None if entry is None or entry.get(key) is None else float(entry[key])
+
+    acc_loss = None
+    if field(teacher, "accuracy") is not None and field(final, "accuracy") is not None:
+        acc_loss = 100 * (field(teacher, "accuracy") - field(final, "accuracy"))
+    return {
+        "int8_speedup_vs_pruned_eager": _goal(
+            ratio(latency(bench, "pruned", b), lat), ">= 3x lower latency than eager FP32 pruned (batch 8)",
+            best, "pruned", at_least=3.0),
+        "int8_speedup_vs_best_fp32": _goal(
+            ratio(latency(bench, fp32, b) if fp32 else None, lat),
+            f">= 1.5x lower latency than the best FP32 runtime ({fp32 or 'none measured'}, batch 8)",
+            best, fp32, at_least=1.5),
+        "final_speedup_vs_teacher": _goal(
+            ratio(latency(bench, "teacher", b), lat), ">= 8x lower latency than the teacher (batch 8)",
+            best, "teacher", at_least=8.0),
+        "final_size_reduction_vs_teacher": _goal(
+            ratio(field(teacher, "size_mb"), field(final, "size_mb")), ">= 10x smaller than the teacher (size_mb)",
+            best, "teacher", at_least=10.0),
+        "final_accuracy_loss_points": _goal(
+            acc_loss, "<= 1.5 points of accuracy lost vs the teacher", best, "teacher", at_most=1.5),
+    }
