@@ -8,28 +8,27 @@ from pathlib import Path
 
 import torch
 
-from edgecompress import detect_data, detect_metrics, detect_report
-from edgecompress.bench import environment_fingerprint
-from edgecompress.detect import evaluate_detector, evaluation_settings, load_detector
+from edgecompress.bench.environment import environment_fingerprint
+from edgecompress.detection import charts, data, source, visualize
+from edgecompress.detection.inference import evaluate_detector, evaluation_settings
+from edgecompress.detection.models import load_detector
+from edgecompress.detection.params import DetectionPipelineParams
 from edgecompress.io import write_json
-from edgecompress.params import DetectionPipelineParams, load_params
-from edgecompress.pipeline import log, run_stage, stage_args
-from edgecompress.train import resolve_device
+from edgecompress.runtime import resolve_device
+from edgecompress.stage import log, read_params, run_stage, stage_args
 
 
 def main() -> None:
     args = stage_args(__doc__, {"data": "subset directory written by detection_data",
                                 "metrics": "detection metrics JSON to write", "plots": "directory of the mAP-vs-time plots",
                                 "visualizations": "directory for visualizations_batch_<b>/<model>/"})
-    params = load_params(args.params, DetectionPipelineParams).detection
+    params = read_params(args.params, DetectionPipelineParams).detection
     torch.set_num_threads(params.threads)
     device = resolve_device(params.device)
-    ds = detect_data.load_subset(args.data)
-    plots = Path(args.plots)
+    ds = source.load_subset(args.data)
     results = {}
     for name, spec in params.models.items():
-        detector = load_detector(name, family=spec.family, arch=spec.arch, weights=spec.weights,
-                                 dataset_classes=ds.classes, imgsz=params.imgsz, device=device)
+        detector = load_detector(name, spec, dataset_classes=ds.classes, imgsz=params.imgsz, device=device)
         entry = {"family": detector.family, "arch": detector.arch, "weights": detector.weights,
                  "random_weights": detector.random_weights, "params": detector.params(),
                  "model_classes": len(detector.classes), "imgsz": params.imgsz if detector.letterboxed else None,
@@ -38,24 +37,22 @@ def main() -> None:
         for batch_size in params.batch_sizes:
             row, deployed = evaluate_detector(detector, ds, batch_size=batch_size, **evaluation_settings(params))
             entry["batch_sizes"][str(batch_size)] = row
-            detect_metrics.write_visualizations(ds, deployed, Path(args.visualizations) / f"visualizations_batch_{batch_size}"
-                                                / name, ds.classes, max_images=params.visualize)
+            visualize.write_visualizations(ds, deployed, Path(args.visualizations) / f"visualizations_batch_{batch_size}"
+                                           / name, ds.classes, max_images=params.visualize)
             log.info("%s batch %d: mAP %.3f mAP@.5 %.3f (pycocotools %.3f / %.3f), P %.3f R %.3f, "
                      "%.1f ms/image inference, %.1f ms/image total", name, batch_size, row["map"], row["map_50"],
                      row["pycocotools"]["map"], row["pycocotools"]["map_50"], row["operating_point"]["precision"],
                      row["operating_point"]["recall"], row["timing"]["inference_ms_per_image"],
                      row["timing"]["total_ms_per_image"])
         results[name] = entry
-    metrics = {"data": {"images": len(ds.images), **detect_data.summary(ds)},
-               "settings": {k: (list(v) if isinstance(v, tuple) else v) for k, v in
-                            {"conf_threshold": params.conf_threshold, "map_conf_threshold": params.map_conf_threshold,
-                             "iou_threshold": params.iou_threshold, "max_det": params.max_det,
-                             "imgsz": params.imgsz, "batch_sizes": params.batch_sizes,
-                             "warmup_batches": params.warmup_batches, "threads": params.threads,
-                             "agreement_points": params.map_agreement_points}.items()},
+    metrics = {"data": {"images": len(ds.images), **data.summary(ds)},
+               "settings": {"conf_threshold": params.conf_threshold, "map_conf_threshold": params.map_conf_threshold,
+                            "iou_threshold": params.iou_threshold, "max_det": params.max_det, "imgsz": params.imgsz,
+                            "batch_sizes": list(params.batch_sizes), "warmup_batches": params.warmup_batches,
+                            "threads": params.threads, "agreement_points": params.map_agreement_points},
                "environment": environment_fingerprint(params.threads, str(device)), "models": results}
-    detect_report.write_plots(metrics, plots)  # git-tracked: REPORT.md embeds these
-    detect_report.write_plots(metrics, args.visualizations)  # the same two, beside the visualizations (DVC-cached)
+    charts.write_plots(metrics, args.plots)  # git-tracked: REPORT.md embeds these
+    charts.write_plots(metrics, args.visualizations)  # the same two, beside the visualizations (DVC-cached)
     write_json(args.metrics, metrics)
 
 

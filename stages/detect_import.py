@@ -2,15 +2,15 @@
 (`detection.import.source`; it holds code objects, which torch's safe loader refuses) and writes its
 config, class names and weights as a plain file that later stages load with weights_only=True."""
 
-from edgecompress.detect import import_yolov5
+from edgecompress.detection.models import import_yolov5
+from edgecompress.detection.params import DetectionPipelineParams
 from edgecompress.io import write_json
-from edgecompress.params import DetectionPipelineParams, load_params
-from edgecompress.pipeline import run_stage, stage_args
+from edgecompress.stage import read_params, run_stage, stage_args
 
 
 def main() -> None:
     args = stage_args(__doc__, {"metrics": "import record JSON to write (source sha256, classes)"})
-    spec = load_params(args.params, DetectionPipelineParams).detection.import_
+    spec = read_params(args.params, DetectionPipelineParams).detection.import_
     write_json(args.metrics, import_yolov5(spec.source, spec.out))
 
 

@@ -12,29 +12,30 @@ from pathlib import Path
 
 import torch
 
-from edgecompress import detect_data
-from edgecompress.bench import BlockTimer, profile_ops
-from edgecompress.detect import model_to_dataset_classes, load_detector, predict_batch, read_image, run_detector
-from edgecompress.io import write_json
-from edgecompress.params import DetectionPipelineParams, load_params
-from edgecompress.pipeline import log, run_stage, stage_args
-from edgecompress.train import resolve_device
+from edgecompress.bench.profile import profile_ops
+from edgecompress.bench.timing import BlockTimer
+from edgecompress.detection import source
+from edgecompress.detection.inference import model_to_dataset_classes, predict_batch, run_detector
+from edgecompress.detection.models import load_detector
+from edgecompress.detection.params import DetectionPipelineParams
+from edgecompress.io import read_image, write_json
+from edgecompress.runtime import resolve_device
+from edgecompress.stage import log, read_params, run_stage, stage_args
 
 
 def main() -> None:
     args = stage_args(__doc__, {"data": "subset directory written by detection_data",
                                 "metrics": "profile summary JSON to write",
                                 "profile_dir": "directory for operator tables and Chrome traces"})
-    params = load_params(args.params, DetectionPipelineParams).detection
+    params = read_params(args.params, DetectionPipelineParams).detection
     spec = params.profile
     torch.set_num_threads(params.threads)
     device = resolve_device(params.device)
-    ds = detect_data.load_subset(args.data)
+    ds = source.load_subset(args.data)
     paths = [Path(ds.images_dir) / image.file_name for image in ds.images[:spec.images]]
     results = {}
     for name, model in params.models.items():
-        detector = load_detector(name, family=model.family, arch=model.arch, weights=model.weights,
-                                 dataset_classes=ds.classes, imgsz=params.imgsz, device=device)
+        detector = load_detector(name, model, dataset_classes=ds.classes, imgsz=params.imgsz, device=device)
         _, timing = run_detector(detector, paths, ds.classes, batch_size=spec.batch_size,
                                  conf_threshold=params.conf_threshold, iou_threshold=params.iou_threshold,
                                  max_det=params.max_det, warmup_batches=1)

@@ -1,7 +1,7 @@
 """Stage `detect_report`: REPORT.md of the detection pipeline from its metrics files."""
 
-from edgecompress.detect_report import build_report
-from edgecompress.pipeline import log, run_stage, stage_args
+from edgecompress.detection.report import build_report
+from edgecompress.stage import log, run_stage, stage_args
 
 
 def main() -> None:

@@ -4,30 +4,26 @@ copied with their annotations written in all three formats -> data/subset/; the 
 detect_train (`detection.train_images` of the other source images, never an evaluated one) in the same
 layout -> data/train/; and a summary JSON."""
 
-from edgecompress import EdgecompressError, detect_data
+from edgecompress.detection import data, source
+from edgecompress.detection.params import DetectionPipelineParams
 from edgecompress.io import write_json
-from edgecompress.params import DetectionPipelineParams, load_params
-from edgecompress.pipeline import log, run_stage, stage_args
+from edgecompress.stage import log, read_params, run_stage, stage_args
 
 
 def main() -> None:
     args = stage_args(__doc__, {"out": "subset directory to write", "train_out": "training split directory to write",
                                 "metrics": "summary JSON to write"})
-    params = load_params(args.params, DetectionPipelineParams).detection
-    source = params.data
-    full = detect_data.load_source(source)
-    subset = detect_data.subset(full, params.subset_images, params.seed)
-    pool = detect_data.outside(full, subset)
-    if params.train_images is not None and params.train_images > len(pool.images):
-        raise EdgecompressError(f"detection.train_images={params.train_images}: only {len(pool.images)} source images "
-                                "lie outside the evaluation subset (null = all of them)")
-    train = detect_data.subset(pool, params.train_images, params.seed)
-    detect_data.write_subset(subset, args.out)
-    detect_data.write_subset(train, args.train_out)
-    summary = {"source": {"format": source.format, "root": source.root, "annotations": source.annotations,
-                          "labels": source.labels, "images": len(full.images)},
-               "seed": params.seed, **detect_data.summary(subset),
-               "train": {k: v for k, v in detect_data.summary(train).items() if k != "boxes_per_class"}}
+    params = read_params(args.params, DetectionPipelineParams).detection
+    spec = params.data
+    full = source.load_source(spec)
+    subset, train = source.split_source(full, subset_images=params.subset_images, train_images=params.train_images,
+                                        seed=params.seed)
+    source.write_subset(subset, args.out)
+    source.write_subset(train, args.train_out)
+    summary = {"source": {"format": spec.format, "root": spec.root, "annotations": spec.annotations,
+                          "labels": spec.labels, "images": len(full.images)},
+               "seed": params.seed, **data.summary(subset),
+               "train": {k: v for k, v in data.summary(train).items() if k != "boxes_per_class"}}
     write_json(args.metrics, summary)
     log.info("detection subset: %d of %d images, %d boxes, %d classes present -> %s; training split: %d images "
              "-> %s", len(subset.images), len(full.images), summary.get("boxes", 0), summary.get("classes_present", 0),

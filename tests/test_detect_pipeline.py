@@ -146,20 +146,22 @@ def test_detection_pipeline_smoke_run_random_weights(repo_copy: Path, tmp_path: 
 def test_real_yolov5n_on_coco_subset_scores_in_the_plausible_band(tmp_path: Path) -> None:
     import torch
 
-    from edgecompress import detect_data, detect_metrics
-    from edgecompress.detect import import_yolov5, load_detector, run_detector
+    from edgecompress.detection import data, metrics, source
+    from edgecompress.detection.inference import run_detector
+    from edgecompress.detection.models import import_yolov5, load_detector
+    from edgecompress.detection.params import DetectorParams
 
     torch.set_num_threads(2)
     coco = SHARED / "data" / "coco128"
-    ds = detect_data.subset(detect_data.load_dataset("coco", root=coco, annotations="annotations/instances_train2017.json",
-                                                     images="images/train2017"), 32, seed=0)
+    ds = data.subset(source.load_dataset("coco", root=coco, annotations="annotations/instances_train2017.json",
+                                         images="images/train2017"), 32, seed=0)
     import_yolov5(SHARED / "weights" / "yolov5n.pt", tmp_path / "yolov5n.safe.pt")
-    detector = load_detector("yolov5n", family="yolov5", arch=None, weights=str(tmp_path / "yolov5n.safe.pt"),
+    detector = load_detector("yolov5n", DetectorParams(family="yolov5", weights=str(tmp_path / "yolov5n.safe.pt")),
                              dataset_classes=ds.classes, imgsz=640)
     assert detector.classes == ds.classes  # the checkpoint's 80 names in COCO category-id order
     preds, _ = run_detector(detector, [ds.images_dir / image.file_name for image in ds.images], ds.classes,
                             batch_size=8, conf_threshold=0.001, iou_threshold=0.45, max_det=300, warmup_batches=0)
-    result = detect_metrics.evaluate_detections(ds, preds, tolerance_points=0.5)
+    result = metrics.evaluate_detections(ds, preds, tolerance_points=0.5)
     # published COCO val2017: mAP@.5 45.7, mAP@.5:.95 28.0; these are train2017 images, so higher is expected
     assert result["torchmetrics"]["map_50"] >= 0.35 and result["agreement"]["agree"], result["agreement"]
     assert 0.2 <= result["torchmetrics"]["map"] <= result["torchmetrics"]["map_50"]

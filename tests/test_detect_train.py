@@ -1,4 +1,4 @@
-"""Tests of detector fine-tuning (`edgecompress.detect_train`). ultralytics' trainer runs in the pipeline
+"""Tests of detector fine-tuning (`edgecompress.detection.train`). ultralytics' trainer runs in the pipeline
 smoke test (tests/test_detect_pipeline.py); here the data pipeline, our loop on both of its families,
 and the saved weights."""
 
@@ -13,9 +13,10 @@ import torch
 from PIL import Image
 
 from edgecompress import EdgecompressError
-from edgecompress import detect_train as dt
-from edgecompress.detect import import_yolov5, load_detector, unfused_yolov5
-from edgecompress.detect_data import DetectionDataset, ImageAnnotation
+from edgecompress.detection import train as dt
+from edgecompress.detection.data import DetectionDataset, ImageAnnotation
+from edgecompress.detection.models import import_yolov5, load_detector, unfused_network
+from edgecompress.detection.params import DetectorParams
 
 from test_detect import COCO_FIRST, write_yolov5_checkpoint
 
@@ -74,8 +75,9 @@ def test_yolov5_fine_tuning_lowers_the_loss_logs_each_epoch_and_saves_loadable_w
     ds = tiny_dataset(tmp_path)
     safe = tmp_path / "v5.safe.pt"
     import_yolov5(write_yolov5_checkpoint(tmp_path / "v5.pt"), safe)
-    detector = load_detector("v5", family="yolov5", arch=None, weights=str(safe), dataset_classes=ds.classes, imgsz=64)
-    detector = replace(detector, model=unfused_yolov5(safe))
+    detector = load_detector("v5", DetectorParams(family="yolov5", weights=str(safe)),
+                             dataset_classes=ds.classes, imgsz=64)
+    detector = replace(detector, model=unfused_network(detector))
     logger, evaluated = RecordingLogger(), []
 
     def evaluate(d):
@@ -95,7 +97,8 @@ def test_yolov5_fine_tuning_lowers_the_loss_logs_each_epoch_and_saves_loadable_w
     dt.save_trained(detector, out, base=safe)
     payload = torch.load(out, weights_only=True)
     assert payload["source"]["fine_tuned_from"] == str(safe)
-    reloaded = load_detector("t", family="yolov5", arch=None, weights=str(out), dataset_classes=ds.classes, imgsz=64)
+    reloaded = load_detector("t", DetectorParams(family="yolov5", weights=str(out)),
+                             dataset_classes=ds.classes, imgsz=64)
     x = torch.rand(1, 3, 64, 64)
     with torch.no_grad():  # the reloaded model is Conv+BN fused: equal up to float rounding
         torch.testing.assert_close(reloaded.model(x)[0], detector.model.eval()(x)[0], atol=1e-3, rtol=1e-3)
@@ -104,8 +107,8 @@ def test_yolov5_fine_tuning_lowers_the_loss_logs_each_epoch_and_saves_loadable_w
 def test_torchvision_fine_tuning_trains_with_the_models_own_losses(tmp_path: Path) -> None:
     torch.manual_seed(0)
     ds = tiny_dataset(tmp_path)
-    detector = load_detector("ssd", family="torchvision", arch="ssdlite320_mobilenet_v3_large", weights=None,
-                             dataset_classes=ds.classes)
+    ssd = DetectorParams(family="torchvision", arch="ssdlite320_mobilenet_v3_large", weights=None)
+    detector = load_detector("ssd", ssd, dataset_classes=ds.classes)
     before = {k: v.clone() for k, v in detector.model.state_dict().items()}
     result = dt.fit_detector(detector, ds, epochs=1, batch_size=2, workers=0, optimizer="adamw", lr=1e-3, momentum=0.9,
                              weight_decay=0.0, hflip=0.5, seed=0)
@@ -113,8 +116,7 @@ def test_torchvision_fine_tuning_trains_with_the_models_own_losses(tmp_path: Pat
     assert {"train/bbox_regression", "train/classification"} <= set(row) and np.isfinite(row["train/loss"])
     assert any(not torch.equal(before[k], v) for k, v in detector.model.state_dict().items())
     dt.save_trained(detector, tmp_path / "ssd.pt", base="unused")
-    reloaded = load_detector("ssd", family="torchvision", arch="ssdlite320_mobilenet_v3_large",
-                             weights=str(tmp_path / "ssd.pt"), dataset_classes=ds.classes)
+    reloaded = load_detector("ssd", replace(ssd, weights=str(tmp_path / "ssd.pt")), dataset_classes=ds.classes)
     assert all(torch.equal(v, reloaded.model.state_dict()[k]) for k, v in detector.model.state_dict().items())
 
 
@@ -122,7 +124,7 @@ def test_our_loop_trains_ultralytics_networks_with_their_own_loss(tmp_path: Path
     """How detect_compress fine-tunes a pruned ultralytics network (ultralytics' trainer would rebuild
     the unpruned one from its yaml)."""
     torch.manual_seed(0)
-    detector = load_detector("y8", family="ultralytics", arch="yolov8n.yaml", weights=None,
+    detector = load_detector("y8", DetectorParams(family="ultralytics", arch="yolov8n.yaml", weights=None),
                              dataset_classes=COCO_FIRST, imgsz=64)
     result = dt.fit_detector(detector, tiny_dataset(tmp_path), epochs=3, batch_size=2, workers=0, optimizer="adamw",
                              lr=1e-3, momentum=0.9, weight_decay=0.0, hflip=0.0, seed=0)
@@ -138,7 +140,7 @@ def test_bad_settings_are_one_line_errors(tmp_path: Path) -> None:
     empty = replace(tiny_dataset(tmp_path), images=[])
     v5 = tmp_path / "v5.safe.pt"
     import_yolov5(write_yolov5_checkpoint(tmp_path / "v5.pt"), v5)
-    tv = load_detector("v5", family="yolov5", arch=None, weights=str(v5), dataset_classes=COCO_FIRST, imgsz=64)
+    tv = load_detector("v5", DetectorParams(family="yolov5", weights=str(v5)), dataset_classes=COCO_FIRST, imgsz=64)
     with pytest.raises(EdgecompressError, match="training split is empty"):
         dt.fit_detector(tv, empty, epochs=1, batch_size=1, workers=0, optimizer="sgd", lr=0.1, momentum=0.9,
                         weight_decay=0.0, hflip=0.0, seed=0)
@@ -153,7 +155,7 @@ def test_the_stage_records_a_skip_when_every_source_image_is_evaluated(tmp_path:
 
     import yaml
 
-    from edgecompress.detect_data import write_subset
+    from edgecompress.detection.source import write_subset
 
     ds = tiny_dataset(tmp_path)
     write_subset(ds, tmp_path / "subset")
@@ -175,8 +177,9 @@ def test_the_stage_records_a_skip_when_every_source_image_is_evaluated(tmp_path:
 def test_freeze_batchnorm_keeps_the_running_statistics(tmp_path: Path, freeze: bool) -> None:
     safe = tmp_path / "v5.safe.pt"
     import_yolov5(write_yolov5_checkpoint(tmp_path / "v5.pt"), safe)
-    detector = load_detector("v5", family="yolov5", arch=None, weights=str(safe), dataset_classes=COCO_FIRST, imgsz=64)
-    detector = replace(detector, model=unfused_yolov5(safe))
+    detector = load_detector("v5", DetectorParams(family="yolov5", weights=str(safe)),
+                             dataset_classes=COCO_FIRST, imgsz=64)
+    detector = replace(detector, model=unfused_network(detector))
     norms = [m for m in detector.model.modules() if isinstance(m, torch.nn.BatchNorm2d)]
     before = [m.running_mean.clone() for m in norms]
     scales = [m.weight.detach().clone() for m in norms]
@@ -194,9 +197,9 @@ def test_fine_tuning_repeats_itself_with_the_same_seed(tmp_path: Path) -> None:
     states = []
     for _ in range(2):
         torch.manual_seed(123 + len(states))  # a different global state before each run: the seed must win
-        detector = load_detector("v5", family="yolov5", arch=None, weights=str(safe), dataset_classes=COCO_FIRST,
+        detector = load_detector("v5", DetectorParams(family="yolov5", weights=str(safe)), dataset_classes=COCO_FIRST,
                                  imgsz=64)
-        detector = replace(detector, model=unfused_yolov5(safe))
+        detector = replace(detector, model=unfused_network(detector))
         dt.fit_detector(detector, tiny_dataset(tmp_path), epochs=2, batch_size=1, workers=0, optimizer="sgd", lr=0.01,
                         momentum=0.9, weight_decay=0.0, hflip=0.5, seed=7)
         states.append(detector.model.state_dict())

@@ -21,10 +21,12 @@ from pathlib import Path
 
 import torch
 
-from edgecompress import detect_data
-from edgecompress import detect_train as dt
-from edgecompress.detect import evaluate_detector, fuse_yolov5, load_detector, unfused_yolov5
-from edgecompress.detect_compress import RawHead, calibration_batch, head_output_convs, pruned_variant
+from edgecompress.detection import source
+from edgecompress.detection import train as dt
+from edgecompress.detection.compress import RawHead, calibration_batch, head_output_convs, pruned_variant
+from edgecompress.detection.inference import evaluate_detector
+from edgecompress.detection.models import fuse_network, load_detector, unfused_network
+from edgecompress.detection.params import DetectorParams
 from edgecompress.prune import PruneConfig, prune_model
 
 ROOT = Path("pipelines/detection")
@@ -33,9 +35,9 @@ WEIGHTS = ROOT / "models" / "yolov5n.safe.pt"
 
 def main() -> None:
     torch.set_num_threads(2)
-    subset = detect_data.load_subset(ROOT / "data" / "subset")
-    train = detect_data.load_subset(ROOT / "data" / "train")
-    original = load_detector("yolov5n", family="yolov5", arch=None, weights=str(WEIGHTS),
+    subset = source.load_subset(ROOT / "data" / "subset")
+    train = source.load_subset(ROOT / "data" / "train")
+    original = load_detector("yolov5n", DetectorParams(family="yolov5", weights=str(WEIGHTS)),
                              dataset_classes=subset.classes, imgsz=640)
 
     def map50(detector) -> float:
@@ -52,7 +54,7 @@ def main() -> None:
     for label, changes in (("BatchNorm re-estimated, lr ~0, 1 epoch", dict(epochs=1, lr=1e-12, momentum=0.0,
                                                                               weight_decay=0.0, freeze_batchnorm=False)),
                            ("lr 1e-3, 3 epochs, BatchNorm frozen", {})):
-        tuned = replace(original, model=unfused_yolov5(WEIGHTS))
+        tuned = replace(original, model=unfused_network(original))
         fit(tuned, **changes)
         print(f"{label}: mAP@.5 {map50(tuned)}")
 
@@ -62,10 +64,10 @@ def main() -> None:
     print(f"pruned 5%, fine-tuned 3 epochs at lr 1e-3: mAP@.5 {map50(pruned)}")
 
     untuned, _ = pruned_variant(original, 0.05, example)
-    rounded = unfused_yolov5(WEIGHTS)
+    rounded = unfused_network(original)
     report = prune_model(RawHead(rounded), example[:1], PruneConfig(ratio=0.25, importance="l1", round_to=8),
                          ignored_layers=head_output_convs(rounded))
-    rounded = fuse_yolov5(rounded)
+    rounded = fuse_network(rounded)
     print(f"round_to 8, ratio 0.25: {report['mac_ratio_removed']:.0%} of MACs removed, mAP@.5 "
           f"{map50(replace(original, model=rounded))} before fine-tuning")
     x = torch.rand(1, 3, 640, 640)

@@ -1,7 +1,7 @@
 """Object-detection evaluation and post-processing: NMS, COCO mAP (torchmetrics, cross-checked with
-pycocotools), precision/recall/F1 at a fixed operating point, and images with boxes drawn on them.
+pycocotools) and precision/recall/F1 at a fixed operating point.
 
-Conventions (shared with `edgecompress.detect_data`):
+Conventions (shared with `detection.data`):
 - boxes are xyxy in absolute pixels; labels are contiguous class indices into `DetectionDataset.classes`;
 - predictions are, per image and in the order of `DetectionDataset.images`, torchmetrics' dict
   `{"boxes": (M, 4) float, "scores": (M,) float, "labels": (M,) long}`;
@@ -19,27 +19,17 @@ import contextlib
 import importlib.util
 import io
 import logging
-from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-import matplotlib
+import numpy as np
+import torch
+import torchvision
 
-matplotlib.use("Agg")  # headless: no display on servers/CI
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-import torchvision  # noqa: E402
-from PIL import Image, UnidentifiedImageError  # noqa: E402
-
-from edgecompress import EdgecompressError  # noqa: E402
-from edgecompress.detect_data import DetectionDataset, ImageAnnotation  # noqa: E402
-from edgecompress.plots import save_figure  # noqa: E402
+from edgecompress import EdgecompressError
+from edgecompress.detection.data import DetectionDataset, ImageAnnotation
 
 AGREEMENT_KEYS = ("map", "map_50", "map_75", "mar_100")
 TORCHMETRICS_KEYS = ("map", "map_50", "map_75", "mar_100", "map_small", "map_medium", "map_large")
-GT_COLOUR = "#2ca02c"
-# tab10 without its green, so a prediction never looks like ground truth.
-PRED_COLOURS = ("#d62728", "#1f77b4", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22", "#17becf")
 
 logging.getLogger("faster_coco_eval").setLevel(logging.WARNING)  # it logs every COCO summary line at INFO
 
@@ -86,7 +76,7 @@ def _numpy(values: Any, dtype: Any) -> np.ndarray:
     return np.asarray(values, dtype=dtype)
 
 
-def _target_arrays(target: Target) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def target_arrays(target: Target) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(boxes (N, 4) float64, labels (N,) int64, iscrowd (N,) bool) of an ImageAnnotation or a
     torchmetrics-style target dict ("iscrowd" optional)."""
     if isinstance(target, ImageAnnotation):
@@ -98,13 +88,13 @@ def _target_arrays(target: Target) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
             _numpy(crowd, bool).reshape(-1))
 
 
-def _prediction_arrays(pred: Prediction) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def prediction_arrays(pred: Prediction) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(boxes (M, 4) float64, scores (M,) float64, labels (M,) int64) of a prediction dict."""
     return (_numpy(pred["boxes"], np.float64).reshape(-1, 4), _numpy(pred["scores"], np.float64).reshape(-1),
             _numpy(pred["labels"], np.int64).reshape(-1))
 
 
-def _check_lengths(preds: Sequence[Prediction], targets: Sequence[Any]) -> None:
+def check_lengths(preds: Sequence[Prediction], targets: Sequence[Any]) -> None:
     if len(preds) != len(targets):
         raise EdgecompressError(
             f"detection predictions cover {len(preds)} images but the data set has {len(targets)}: "
@@ -153,15 +143,15 @@ def map_torchmetrics(preds: Sequence[Prediction], targets: Sequence[Target], *,
     """
     from torchmetrics.detection import MeanAveragePrecision
 
-    _check_lengths(preds, targets)
+    check_lengths(preds, targets)
     backend = map_backend()
     metric = MeanAveragePrecision(box_format="xyxy", iou_type="bbox", class_metrics=per_class, backend=backend)
     tm_preds, tm_targets = [], []
     for pred, target in zip(preds, targets):
-        boxes, scores, labels = _prediction_arrays(pred)
+        boxes, scores, labels = prediction_arrays(pred)
         tm_preds.append({"boxes": torch.from_numpy(boxes).float(), "scores": torch.from_numpy(scores).float(),
                          "labels": torch.from_numpy(labels)})
-        gt_boxes, gt_labels, crowd = _target_arrays(target)
+        gt_boxes, gt_labels, crowd = target_arrays(target)
         tm_targets.append({"boxes": torch.from_numpy(gt_boxes).float(), "labels": torch.from_numpy(gt_labels),
                            "iscrowd": torch.from_numpy(crowd.astype(np.int64))})
     metric.update(tm_preds, tm_targets)
@@ -183,7 +173,7 @@ def _coco_ground_truth(ds: DetectionDataset) -> dict[str, Any]:
     for image in ds.images:
         images.append({"id": int(image.image_id), "file_name": image.file_name, "width": int(image.width),
                        "height": int(image.height)})
-        boxes, labels, crowd = _target_arrays(image)
+        boxes, labels, crowd = target_arrays(image)
         for (x1, y1, x2, y2), label, is_crowd in zip(boxes.tolist(), labels.tolist(), crowd.tolist()):
             width, height = x2 - x1, y2 - y1
             annotations.append({"id": len(annotations) + 1, "image_id": int(image.image_id),
@@ -215,10 +205,10 @@ def coco_eval(ds: DetectionDataset, preds: Sequence[Prediction]) -> dict[str, fl
     from pycocotools.coco import COCO
     from pycocotools.cocoeval import COCOeval
 
-    _check_lengths(preds, ds.images)
+    check_lengths(preds, ds.images)
     results = []
     for image, pred in zip(ds.images, preds):
-        boxes, scores, labels = _prediction_arrays(pred)
+        boxes, scores, labels = prediction_arrays(pred)
         for (x1, y1, x2, y2), score, label in zip(boxes.tolist(), scores.tolist(), labels.tolist()):
             results.append({"image_id": int(image.image_id), "category_id": _category_id(ds, label),
                             "bbox": [x1, y1, x2 - x1, y2 - y1], "score": score})
@@ -295,11 +285,11 @@ def precision_recall_f1(preds: Sequence[Prediction], targets: Sequence[Target], 
         {"tp", "fp", "fn", "precision", "recall", "f1"}; a ratio whose denominator is 0 (no detections,
         no ground truth) is 0.0.
     """
-    _check_lengths(preds, targets)
+    check_lengths(preds, targets)
     tp = fp = fn = 0
     for pred, target in zip(preds, targets):
-        boxes, scores, labels = _prediction_arrays(pred)
-        gt_boxes, gt_labels, crowd = _target_arrays(target)
+        boxes, scores, labels = prediction_arrays(pred)
+        gt_boxes, gt_labels, crowd = target_arrays(target)
         for label in np.union1d(labels, gt_labels):
             det = boxes[labels == label][np.argsort(-scores[labels == label], kind="stable")]
             regular = gt_boxes[(gt_labels == label) & ~crowd]
@@ -331,7 +321,7 @@ def evaluate_detections(ds: DetectionDataset, preds: Sequence[Prediction], *,
         "precision", "recall", "f1", "tp", "fp", "fn" (IoU 0.5, detections as given), "images",
         "gt_boxes" (regular boxes, = tp + fn), "crowd_boxes", "pred_boxes"}.
     """
-    _check_lengths(preds, ds.images)
+    check_lengths(preds, ds.images)
     tm = map_torchmetrics(preds, ds.images)
     coco = coco_eval(ds, preds)
     operating_point = precision_recall_f1(preds, ds.images)
@@ -347,83 +337,3 @@ def evaluate_detections(ds: DetectionDataset, preds: Sequence[Prediction], *,
         "pred_boxes": sum(len(pred["labels"]) for pred in preds),
     }
 
-
-# ----------------------------------------------------------------------------------------------
-# Visualisation
-def draw_detections(image_path: str | Path, gt: ImageAnnotation, pred: Prediction, classes: Sequence[str],
-                    out_path: str | Path, *, title: str | None = None) -> None:
-    """Write a PNG of the image with ground-truth boxes (green, dashed, class name) and predictions
-    (one colour per class, "name score").
-
-    Raises:
-        EdgecompressError: naming the image when it is missing or not a readable image (no output is
-            written then).
-    """
-    image_path = Path(image_path)
-    if not image_path.is_file():
-        raise EdgecompressError(f"detection image {image_path} not found: expected the file listed in the "
-                                "data set's annotations")
-    try:
-        with Image.open(image_path) as opened:
-            pixels = np.asarray(opened.convert("RGB"))
-    except (UnidentifiedImageError, OSError, ImportError) as exc:  # ImportError: ultralytics' patched open
-        raise EdgecompressError(f"detection image {image_path} cannot be read ({exc}): expected a "
-                                "JPEG/PNG image") from None
-    height, width = pixels.shape[:2]
-    fig_width = min(8.0, max(4.0, width / 100))
-    fig, ax = plt.subplots(figsize=(fig_width, fig_width * height / width), dpi=100)
-    try:
-        ax.imshow(pixels)
-        ax.set_xlim(0, width)
-        ax.set_ylim(height, 0)
-        ax.axis("off")
-        gt_boxes, gt_labels, _ = _target_arrays(gt)
-        for (x1, y1, x2, y2), label in zip(gt_boxes.tolist(), gt_labels.tolist()):
-            # Above the predictions: a good detection hides its ground-truth box otherwise.
-            ax.add_patch(plt.Rectangle((x1, y1), x2 - x1, y2 - y1, fill=False, edgecolor=GT_COLOUR,
-                                       linestyle="--", linewidth=1.5, zorder=3))
-            ax.text(x1, y1, _class_name(classes, label), color="white", fontsize=6, va="bottom",
-                    bbox={"facecolor": GT_COLOUR, "alpha": 0.7, "pad": 1, "edgecolor": "none"})
-        boxes, scores, labels = _prediction_arrays(pred)
-        for (x1, y1, x2, y2), score, label in zip(boxes.tolist(), scores.tolist(), labels.tolist()):
-            colour = PRED_COLOURS[label % len(PRED_COLOURS)]
-            ax.add_patch(plt.Rectangle((x1, y1), x2 - x1, y2 - y1, fill=False, edgecolor=colour, linewidth=1.2))
-            # Below the box: a prediction on top of its ground truth keeps both labels readable.
-            ax.text(x1, y2, f"{_class_name(classes, label)} {score:.2f}", color="white", fontsize=6, va="top",
-                    bbox={"facecolor": colour, "alpha": 0.7, "pad": 1, "edgecolor": "none"})
-        ax.set_title(title if title is not None else
-                     f"{image_path.name}: {len(gt_labels)} ground truth (green, dashed), {len(labels)} predicted",
-                     fontsize=7)
-    except BaseException:
-        plt.close(fig)
-        raise
-    save_figure(fig, out_path)
-
-
-def _class_name(classes: Sequence[str], label: int) -> str:
-    return classes[label] if 0 <= label < len(classes) else f"class {label}"
-
-
-def write_visualizations(ds: DetectionDataset, preds: Sequence[Prediction], out_dir: str | Path,
-                         classes: Sequence[str], *, max_images: int) -> list[Path]:
-    """Draw the first `max_images` images of `ds` with their predictions as `<out_dir>/<stem>.png`
-    (the image id is appended when two images share a stem).
-
-    Returns:
-        The PNG paths written, in data set order.
-    """
-    _check_lengths(preds, ds.images)
-    if isinstance(max_images, bool) or not isinstance(max_images, int) or max_images < 0:
-        raise EdgecompressError(f"visualization max_images={max_images!r}: expected an integer >= 0")
-    out_dir = Path(out_dir)
-    written: list[Path] = []
-    used_stems: set[str] = set()
-    for image, pred in zip(ds.images[:max_images], preds):
-        stem = Path(image.file_name).stem
-        if stem in used_stems:
-            stem = f"{stem}_{image.image_id}"
-        used_stems.add(stem)
-        out_path = out_dir / f"{stem}.png"
-        draw_detections(Path(ds.images_dir) / image.file_name, image, pred, classes, out_path)
-        written.append(out_path)
-    return written

@@ -1,103 +1,20 @@
-"""Plots and REPORT.md of the detection pipeline, built from its metrics files only."""
+"""REPORT.md of the detection pipeline, built from its metrics files only (the figures it links are
+drawn by the stages, `detection.charts`)."""
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
-import matplotlib
+from edgecompress.detection.charts import PARETO_FILE, PLOT_FILES, model_label, variant_points
+from edgecompress.io import read_json, write_text
+from edgecompress.markdown import markdown_table
+from edgecompress.plots import pareto_front
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-
-from edgecompress.io import read_json, write_text  # noqa: E402
-from edgecompress.plots import save_figure  # noqa: E402
-
-PLOT_FILES = {"map50": "map50_vs_inference_time.png", "map": "map_vs_total_inference_time.png"}
-PARETO_FILE = "compress_pareto.png"
 # Published COCO val2017 figures at 640 px (ultralytics/yolov5 v6.1+ README): (mAP@.5:.95, mAP@.5)
 PUBLISHED = {"yolov5n": (28.0, 45.7), "yolov5s": (37.4, 56.8), "yolov5m": (45.4, 64.1), "yolov5l": (49.0, 67.3),
              "yolov5x": (50.7, 68.9)}
 MAP50_BAND = 0.35  # a real yolov5n scores at least this on COCO images (issue #7's plausibility band)
-MARKERS = ("o", "s", "^", "D", "v", "P")
-
-
-def _points(metrics: dict[str, Any], time_key: str, map_key: str) -> dict[str, list[tuple[int, float, float]]]:
-    out: dict[str, list[tuple[int, float, float]]] = {}
-    for name, entry in metrics["models"].items():
-        for batch, row in entry["batch_sizes"].items():
-            out.setdefault(name, []).append((int(batch), float(row["timing"][time_key]), float(row[map_key])))
-    return out
-
-
-def _label(name: str, entry: dict[str, Any]) -> str:
-    return f"{name} (random weights)" if entry.get("random_weights") else name
-
-
-def plot_map_vs_time(metrics: dict[str, Any], path: str | Path, *, time_key: str, map_key: str, xlabel: str,
-                     ylabel: str, title: str) -> None:
-    """One line per model through its batch sizes (marker per batch size, labelled b<N>)."""
-    fig, ax = plt.subplots(figsize=(6.5, 4.5))
-    for (name, points), colour in zip(_points(metrics, time_key, map_key).items(), plt.cm.tab10.colors):
-        points.sort()
-        ax.plot([p[1] for p in points], [p[2] for p in points], "-", color=colour, alpha=0.5,
-                label=_label(name, metrics["models"][name]))
-        for i, (batch, x, y) in enumerate(points):
-            ax.plot(x, y, MARKERS[i % len(MARKERS)], color=colour)
-            ax.annotate(f"b{batch}", (x, y), textcoords="offset points", xytext=(4, 4), fontsize=8)
-    ax.set_xlabel(xlabel)
-    ax.set_ylabel(ylabel)
-    ax.set_title(title, fontsize=10)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    save_figure(fig, path)
-
-
-def write_plots(metrics: dict[str, Any], plots_dir: str | Path) -> dict[str, str]:
-    """The two mAP-vs-time plots of issue #7 under `plots_dir`; returns {key: path}."""
-    plots_dir = Path(plots_dir)
-    images = metrics["data"]["images"]
-    plot_map_vs_time(metrics, plots_dir / PLOT_FILES["map50"], time_key="inference_ms_per_image", map_key="map_50",
-                     xlabel="inference time per image (ms: pre-process + model + NMS + post-process)",
-                     ylabel="mAP@.5", title=f"mAP@.5 vs inference time ({images} images)")
-    plot_map_vs_time(metrics, plots_dir / PLOT_FILES["map"], time_key="total_s", map_key="map",
-                     xlabel=f"total time for {images} images (s, decoding included)", ylabel="mAP@[.5:.95]",
-                     title=f"mAP@[.5:.95] vs total inference time ({images} images)")
-    return {key: str(plots_dir / name) for key, name in PLOT_FILES.items()}
-
-
-def pareto_front(points: dict[str, tuple[float, float]]) -> list[str]:
-    """Names not dominated by another point (lower-or-equal time and higher-or-equal mAP, one strictly)."""
-    front = []
-    for name, (t, m) in points.items():
-        if not any((t2 <= t and m2 >= m) and (t2 < t or m2 > m) for other, (t2, m2) in points.items() if other != name):
-            front.append(name)
-    return sorted(front, key=lambda n: points[n][0])
-
-
-def _variant_points(compress: dict[str, Any]) -> dict[str, tuple[float, float]]:
-    """(inference ms per image, mAP@.5) of every measured variant."""
-    return {name: (v["timing"]["inference_ms_per_image"], v["map_50"])
-            for name, v in compress["variants"].items() if "skipped" not in v}
-
-
-def plot_pareto(compress: dict[str, Any], path: str | Path) -> None:
-    """mAP@.5 against inference time per image for every measured variant, the Pareto front joined."""
-    points = _variant_points(compress)
-    fig, ax = plt.subplots(figsize=(6.5, 4.5))
-    for (name, (t, m)), colour in zip(points.items(), plt.cm.tab10.colors):
-        ax.plot(t, m, "o", color=colour, markersize=8)
-        ax.annotate(name, (t, m), textcoords="offset points", xytext=(5, 5), fontsize=8)
-    front = pareto_front(points)
-    ax.plot([points[n][0] for n in front], [points[n][1] for n in front], "--", color="grey", alpha=0.6,
-            label="Pareto front")
-    suffix = " (random weights)" if compress.get("random_weights") else ""
-    ax.set_xlabel(f"inference time per image (ms, batch {compress['batch_size']}, {compress['device']})")
-    ax.set_ylabel("mAP@.5")
-    ax.set_title(f"{compress['model']}{suffix}: variants on {compress['images']} images", fontsize=10)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    save_figure(fig, path)
 
 
 def _compress_section(compress: dict[str, Any], plots_dir: Path, report_dir: Path) -> list[str]:
@@ -110,8 +27,7 @@ def _compress_section(compress: dict[str, Any], plots_dir: Path, report_dir: Pat
            + ". Each variant runs the same "
            "pre-processing, NMS and post-processing; only the model block differs.", ""]
     rows = []
-    points = _variant_points(compress)
-    front = set(pareto_front(points))
+    front = set(pareto_front(variant_points(compress), keep_ties=True))
     for name, v in compress["variants"].items():
         if "skipped" in v:
             rows.append([f"`{name}`", "skipped: " + v["skipped"], *[None] * 8])
@@ -121,8 +37,8 @@ def _compress_section(compress: dict[str, Any], plots_dir: Path, report_dir: Pat
                      f"{model_ms:.1f}", f"{v['timing']['inference_ms_per_image']:.1f}",
                      f"{v['params'] / 1e6:.2f}" if v.get("params") else None, v.get("size_mb"),
                      "yes" if name in front else ""])
-    out += _table(["Variant", "Method", "mAP", "mAP@.5", "COCOeval mAP@.5", "Model ms", "Inference ms", "Params (M)",
-                   "File MB", "Pareto"], rows)
+    out += markdown_table(["Variant", "Method", "mAP", "mAP@.5", "COCOeval mAP@.5", "Model ms", "Inference ms",
+                           "Params (M)", "File MB", "Pareto"], rows)
     out.append(f"![Pareto: mAP@.5 vs inference time]({_link(plots_dir / PARETO_FILE, report_dir)})")
     tuned = (compress["variants"].get("pruned") or {}).get("finetune")
     if tuned:
@@ -150,7 +66,7 @@ def _train_section(train: dict[str, Any]) -> list[str]:
     rows = [[row["epoch"], f"{row['lr']:.2g}", *(f"{row[k]:.4f}" if row.get(k) is not None else None
                                                 for k in ("train/loss",)),
              _fmt(row.get("val/map")), _fmt(row.get("val/map_50"))] for row in train["history"]]
-    out += _table(["Epoch", "LR", "Train loss", "Subset mAP", "Subset mAP@.5"], rows)
+    out += markdown_table(["Epoch", "LR", "Train loss", "Subset mAP", "Subset mAP@.5"], rows)
     before, after = train["before"], train["after"]
     out += [f"Evaluation subset before -> after: mAP {_fmt(before['map'])} -> {_fmt(after['map'])}, mAP@.5 "
             f"{_fmt(before['map_50'])} -> {_fmt(after['map_50'])}.", ""]
@@ -165,12 +81,6 @@ def _link(path: str | Path, report_dir: Path) -> Path:
 
 def _fmt(value: float | None, scale: float = 100.0, digits: int = 1) -> str:
     return "—" if value is None else f"{value * scale:.{digits}f}"
-
-
-def _table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> list[str]:
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    lines += ["| " + " | ".join("—" if v is None else str(v) for v in row) + " |" for row in rows]
-    return lines + [""]
 
 
 def published_for(entry: dict[str, Any]) -> tuple[float, float] | None:
@@ -210,7 +120,7 @@ def render_report(metrics: dict[str, Any], data: dict[str, Any], imported: dict[
             f"subset after {settings['warmup_batches']} warm-up batch(es), {settings['threads']} thread(s).", ""]
     rows, goals = [], []
     for name, entry in metrics["models"].items():
-        label = _label(name, entry)
+        label = model_label(name, entry)
         for batch, row in entry["batch_sizes"].items():
             t, b = row["timing"], row["timing"]["blocks"]
             op = row["operating_point"]
@@ -231,9 +141,9 @@ def render_report(metrics: dict[str, Any], data: dict[str, Any], imported: dict[
                           f"{_fmt(first['map'])} here)"])
         elif entry.get("random_weights"):
             goals.append([f"{label}: accuracy goals", "not judged: random weights (a smoke run of the pipeline)"])
-    out += _table(["Model", "Batch", "mAP", "mAP@.5", "COCOeval mAP", "COCOeval mAP@.5", "P", "R", "F1",
-                   "Pre ms", "Model ms", "NMS ms", "Post ms", "Inference ms", "Total s"], rows)
-    out += ["## Goals", ""] + _table(["Goal", "Status"], goals)
+    out += markdown_table(["Model", "Batch", "mAP", "mAP@.5", "COCOeval mAP", "COCOeval mAP@.5", "P", "R", "F1",
+                           "Pre ms", "Model ms", "NMS ms", "Post ms", "Inference ms", "Total s"], rows)
+    out += ["## Goals", ""] + markdown_table(["Goal", "Status"], goals)
     out += ["## Plots", ""]
     for key, caption in (("map50", "mAP@.5 vs inference time"), ("map", "mAP vs total time")):
         if key in plots:
@@ -260,8 +170,8 @@ def _profile_section(profile: dict[str, Any]) -> list[str]:
         rows.append([name, entry["batch_size"], f"{entry['inference_ms_per_image']:.1f}",
                      f"{entry['peak_memory_mb']:.0f} ({entry['peak_memory_kind']})", ops,
                      f"`{Path(entry['profile']['table']).name}`"])
-    return out + _table(["Model", "Batch", "Inference ms/image", "Peak memory MB", "Top operators (self time per batch)",
-                         "Table"], rows)
+    return out + markdown_table(["Model", "Batch", "Inference ms/image", "Peak memory MB",
+                                 "Top operators (self time per batch)", "Table"], rows)
 
 
 def build_report(metrics_path: str | Path, data_path: str | Path, import_path: str | Path | None,

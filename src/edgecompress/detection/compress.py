@@ -1,11 +1,12 @@
 """Compressed variants of a detector, each evaluated exactly like the original (`detect_eval`'s
-`evaluate_detector`). YOLO families: ONNX Runtime FP32 and static INT8 (QDQ, calibrated on images the
-evaluation never sees), structured pruning of the backbone with Torch-Pruning (the detection head's output
-convolutions are kept, so boxes and classes keep their layout; optionally fine-tuned), and FP16 on CUDA.
-torchvision detectors: FX static INT8 of the backbone (the heads stay FP32). A variant that does not
-apply to the chosen family is recorded as skipped with the reason.
+`inference.evaluate_detector`). Exportable families (the YOLO ones): ONNX Runtime FP32 and static
+INT8 (QDQ, calibrated on images the evaluation never sees) and FP16 on CUDA; prunable ones: structured
+pruning of the backbone with Torch-Pruning (the detection head's output convolutions are kept, so
+boxes and classes keep their layout; optionally fine-tuned); torchvision detectors: FX static INT8 of
+the backbone (the heads stay FP32). Which apply is read from the family's entry
+(`families.Family`); a variant that does not apply is recorded as skipped with the reason.
 
-Each variant is a `detect.Detector` whose `model` returns the raw head output of the original (the
+Each variant is a `models.Detector` whose `model` returns the raw head output of the original (the
 first element of the YOLO head's inference tuple), so pre-processing, NMS and post-processing are the
 same code for all of them and only the model block differs.
 """
@@ -15,18 +16,29 @@ from __future__ import annotations
 import copy
 import logging
 import math
+import random
 from dataclasses import replace
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-import numpy as np
 import torch
 import torch.nn as nn
 
 from edgecompress import EdgecompressError, first_line
-from edgecompress.detect import Detector, letterbox, read_image
+from edgecompress.detection.data import DetectionDataset, outside
+from edgecompress.detection.inference import evaluate_detector, image_tensor, letterbox
+from edgecompress.detection.models import Detector, fuse_network, unfused_network
+from edgecompress.detection.source import load_subset
+from edgecompress.detection.train import fit_detector
+from edgecompress.io import read_image
+from edgecompress.prune import PruneConfig, prune_model
+from edgecompress.quantize.fx import quantize_static_fx
+from edgecompress.quantize.onnx import OnnxModel, export_onnx, quantize_onnx_static
 
 log = logging.getLogger(__name__)
+
+Built = tuple[Detector | None, dict[str, Any]]  # a variant and its record (None and {"skipped": why})
+
 
 class RawHead(nn.Module):
     """The detector's raw head tensor only (YOLO heads return (predictions, features) in eval mode)."""
@@ -50,24 +62,6 @@ class HalfHead(RawHead):
         return super().forward(x.half()).float()
 
 
-class OrtModel(nn.Module):
-    """An ONNX Runtime session (CPU provider) in place of the torch model; returns the raw head tensor."""
-
-    def __init__(self, path: str | Path, threads: int) -> None:
-        super().__init__()
-        import onnxruntime as ort
-
-        options = ort.SessionOptions()
-        options.log_severity_level = 3
-        options.intra_op_num_threads = threads
-        self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-        self.input_name = self.session.get_inputs()[0].name
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        (out,) = self.session.run(None, {self.input_name: x.float().cpu().numpy()})
-        return torch.from_numpy(out)
-
-
 def calibration_batch(paths: Sequence[Path], imgsz: int) -> torch.Tensor:
     """Letterboxed calibration images (N, 3, imgsz, imgsz), pre-processed as at inference."""
     if not paths:
@@ -75,17 +69,14 @@ def calibration_batch(paths: Sequence[Path], imgsz: int) -> torch.Tensor:
     return torch.stack([letterbox(read_image(p), imgsz)[0] for p in paths])
 
 
-def calibration_paths(source: Any, subset: Any, count: int, seed: int) -> tuple[list[Path], bool]:
+def calibration_paths(source: DetectionDataset, subset: DetectionDataset, count: int,
+                      seed: int) -> tuple[list[Path], bool]:
     """`count` images of the source data set that are not in the evaluation subset (seeded choice).
 
     Returns:
         (paths, disjoint). When the subset is the whole source, the subset itself calibrates and
         `disjoint` is False (recorded in the metrics and the report: INT8 then saw its test images).
     """
-    import random
-
-    from edgecompress.detect_data import outside
-
     pool = [image.file_name for image in outside(source, subset).images]
     disjoint = bool(pool)
     if not disjoint:
@@ -96,12 +87,10 @@ def calibration_paths(source: Any, subset: Any, count: int, seed: int) -> tuple[
 
 
 def onnx_variants(detector: Detector, out_dir: str | Path, calib: torch.Tensor, *, threads: int,
-                  int8: bool = True) -> dict[str, tuple[Detector | None, dict[str, Any]]]:
+                  int8: bool = True) -> dict[str, Built]:
     """ONNX FP32 (export of the raw head output, dynamic batch; `calib[:2]` traces it) and, with
     `int8`, ONNX Runtime static INT8 (QDQ, per-channel int8 weights, uint8 activations, MinMax
     calibration on `calib`)."""
-    from edgecompress.quantize import export_onnx, quantize_onnx_static
-
     out_dir = Path(out_dir)
     fp32_path, int8_path = out_dir / f"{detector.name}_fp32.onnx", out_dir / f"{detector.name}_int8.onnx"
     export_onnx(RawHead(copy.deepcopy(detector.model).cpu().eval()), calib[:2], fp32_path)
@@ -111,9 +100,9 @@ def onnx_variants(detector: Detector, out_dir: str | Path, calib: torch.Tensor, 
         quantize_onnx_static(fp32_path, int8_path, calib, per_channel=True, batch_size=min(8, len(calib)),
                              op_types=["Conv"])
         artifacts.append(("onnx_int8", int8_path, "ONNX Runtime static INT8 (QDQ, per-channel, MinMax; Conv only)"))
-    out: dict[str, tuple[Detector | None, dict[str, Any]]] = {}
+    out: dict[str, Built] = {}
     for name, path, method in artifacts:
-        variant = replace(detector, model=OrtModel(path, threads), device=torch.device("cpu"))
+        variant = replace(detector, model=OnnxModel(path, threads=threads), device=torch.device("cpu"))
         out[name] = (variant, {"method": method, "artifact": str(path), "size_mb": round(path.stat().st_size / 1e6, 4),
                                "calibration_images": len(calib) if name == "onnx_int8" else None})
     return out
@@ -183,12 +172,11 @@ UNPRUNABLE_BLOCKS = ("C2PSA", "PSA", "A2C2f", "AAttn", "Attention")
 
 
 def pruned_variant(detector: Detector, ratio: float, example: torch.Tensor,
-                   finetune: Callable[[Detector], dict[str, Any]] | None = None,
-                   ) -> tuple[Detector | None, dict[str, Any]]:
+                   finetune: Callable[[Detector], dict[str, Any]] | None = None) -> Built:
     """Backbone/neck channels removed with Torch-Pruning (L1 magnitude, per layer); every convolution
     of the detection head is ignored, so its outputs keep their layout.
 
-    `finetune(pruned detector)` (e.g. `detect_train.fit_detector` on the training split) runs on the
+    `finetune(pruned detector)` (e.g. `pruned_finetune`'s fit on the training split) runs on the
     pruned network while it still has its BatchNorm layers; what it returns is recorded under
     "finetune". Without it the accuracy pruning alone costs is the number reported.
 
@@ -196,19 +184,16 @@ def pruned_variant(detector: Detector, ratio: float, example: torch.Tensor,
     architecture Torch-Pruning cannot handle (attention blocks, `UNPRUNABLE_BLOCKS`, refused up front;
     any other failure of its graph) is returned as skipped with the reason.
     """
-    from edgecompress.detect import fuse_yolov5, unfused_yolov5
-    from edgecompress.prune import PruneConfig, prune_model
-
     blocks = sorted({type(m).__name__ for m in detector.model.modules()} & set(UNPRUNABLE_BLOCKS))
     if blocks:
         return None, {"skipped": f"Torch-Pruning is not run on {detector.arch}: its attention blocks "
                                  f"({', '.join(blocks)}) are not supported (the dependency graph of yolo11n "
                                  "exhausted 8 GB of memory)"}
-    # YOLOv5 inference models are Conv+BN fused; pruning the unfused network lets the BatchNorm layers
-    # go with their channels (measured: 5% of channels cost 0.72 -> 0.11 mAP@.5 unfused, -> 0.0002 fused)
-    yolov5 = detector.family == "yolov5"
-    model = unfused_yolov5(detector.weights) if yolov5 else copy.deepcopy(detector.model).cpu().eval()
-    rewritten = 0 if yolov5 else split_free_c2f(model)
+    # Fused families (YOLOv5) are pruned unfused so the BatchNorm layers go with their channels
+    # (measured on yolov5n: 5% of channels cost 0.72 -> 0.11 mAP@.5 unfused, -> 0.0002 fused)
+    fused = detector.facts.fused
+    model = unfused_network(detector)
+    rewritten = 0 if fused else split_free_c2f(model)
     try:
         report = prune_model(RawHead(model), example[:1].cpu(), PruneConfig(ratio=ratio, importance="l1"),
                              ignored_layers=head_output_convs(model))
@@ -219,8 +204,8 @@ def pruned_variant(detector: Detector, ratio: float, example: torch.Tensor,
                                  f"({type(exc).__name__}: {first_line(exc, 160)})"}
     variant = replace(detector, model=model.to(detector.device).eval())
     tuned = finetune(variant) if finetune is not None else None
-    if yolov5:
-        variant = replace(variant, model=fuse_yolov5(variant.model))
+    if fused:
+        variant = replace(variant, model=fuse_network(variant.model))
     how = f"fine-tuned {tuned['epochs']} epochs on {tuned['images']} images" if tuned else "no fine-tuning"
     how += f"; {rewritten} C2f blocks made split-free first" if rewritten else ""
     return variant, {"method": f"Torch-Pruning L1, ratio {ratio} per layer, head kept, {how}",
@@ -237,9 +222,7 @@ def backbone_inputs(detector: Detector, paths: Sequence[Path]) -> list[torch.Ten
     try:
         with torch.inference_mode():
             for path in paths:
-                image = read_image(path)
-                tensor = torch.from_numpy(np.array(image, dtype=np.uint8)).permute(2, 0, 1).float().div_(255.0)
-                detector.model([tensor.to(detector.device)])
+                detector.model([image_tensor(read_image(path)).to(detector.device)])
     finally:
         handle.remove()
     return [c.cpu() for c in captured]
@@ -261,18 +244,15 @@ def feature_sqnr_db(reference: nn.Module, candidate: nn.Module, inputs: Sequence
     return round(10 * math.log10(signal / noise), 2) if noise > 0 else math.inf
 
 
-def fx_int8_variant(detector: Detector, paths: Sequence[Path], *, backend: str = "x86"
-                    ) -> tuple[Detector | None, dict[str, Any]]:
-    """FX graph-mode static INT8 (post-training, `quantize.quantize_static_fx`) of a torchvision
+def fx_int8_variant(detector: Detector, paths: Sequence[Path], *, backend: str = "x86") -> Built:
+    """FX graph-mode static INT8 (post-training, `quantize.fx.quantize_static_fx`) of a torchvision
     detector's backbone, calibrated on `paths`; the detection heads (anchors, box regression, NMS)
     stay FP32. Recorded with the SQNR of the INT8 backbone's feature maps against FP32 on the
     calibration inputs. A backbone FX cannot trace or quantize is a skip with the error."""
-    if detector.family != "torchvision":
+    if not detector.facts.backbone_int8:
         return None, {"skipped": "FX INT8 applies to torchvision backbones; YOLO models are quantized by onnx_int8"}
     if detector.device.type != "cpu":
         return None, {"skipped": "torch.ao INT8 kernels run on the CPU only: set detection.device: cpu"}
-    from edgecompress.quantize import quantize_static_fx
-
     model = copy.deepcopy(detector.model).eval()
     inputs = backbone_inputs(replace(detector, model=model), paths)
     try:
@@ -289,9 +269,9 @@ def fx_int8_variant(detector: Detector, paths: Sequence[Path], *, backend: str =
         "calibration_images": len(inputs), "backbone_sqnr_db": sqnr}
 
 
-def fp16_variant(detector: Detector) -> tuple[Detector | None, dict[str, Any]]:
+def fp16_variant(detector: Detector) -> Built:
     """Half-precision weights and inputs on CUDA; skipped with the reason on the CPU."""
-    if detector.family == "torchvision":
+    if not detector.facts.exportable:
         return None, {"skipped": "the FP16 variant is built for YOLO families (list inputs and dict outputs of "
                                  "torchvision detectors are not wrapped)"}
     if detector.device.type != "cuda":
@@ -299,3 +279,77 @@ def fp16_variant(detector: Detector) -> tuple[Detector | None, dict[str, Any]]:
                                  "GPU machine"}
     return (replace(detector, model=HalfHead(copy.deepcopy(detector.model)).eval()),
             {"method": "FP16 weights and activations (CUDA)"})
+
+
+# ----------------------------------------------------------------------------------------------
+# detect_compress: every variant asked for, built and evaluated
+def pruned_finetune(train_dir: str | Path, *, epochs: int, settings: dict[str, Any], seed: int,
+                    evaluate: Callable[[Detector], dict[str, Any]]) -> Callable[[Detector], dict[str, Any]] | None:
+    """The pruned network's fine-tuning for `pruned_variant`: `epochs` with detection.train's optimizer
+    settings (`settings`, `train.loop_settings`) on the training split in `train_dir`, its subset mAP
+    (`evaluate`) recorded before and after each epoch; None for 0 epochs or an empty split."""
+    if epochs == 0:
+        return None
+    train = load_subset(train_dir)
+    if not train.images:
+        log.warning("pruned variant not fine-tuned: the training split is empty (every source image is evaluated)")
+        return None
+    # BatchNorm statistics are re-estimated: pruning changed every activation they describe
+    hyper = {**settings, "epochs": epochs, "freeze_batchnorm": False}
+
+    def finetune(pruned: Detector) -> dict[str, Any]:
+        before = evaluate(pruned)  # what pruning alone left
+        result = fit_detector(pruned, train, seed=seed, desc="pruned", evaluate=evaluate, **hyper)
+        return {**result, "before": {"map": before["map"], "map_50": before["map_50"]}}
+    return finetune
+
+
+def build_variants(detector: Detector, wanted: Sequence[str], *, calibration: Sequence[Path], out_dir: str | Path,
+                   threads: int, prune_ratio: float,
+                   finetune: Callable[[Detector], dict[str, Any]] | None = None) -> dict[str, Built]:
+    """Every variant of `wanted` that applies to the detector's family, built ("fp32": the detector
+    itself); the others as skipped with the reason. ONNX artifacts are written under `out_dir` (which
+    exists afterwards either way: it is the stage's output).
+
+    Args:
+        calibration: images outside the evaluation subset (`calibration_paths`): INT8 calibration,
+            ONNX tracing and the pruning graph's trace.
+    """
+    facts, wanted = detector.facts, set(wanted)
+    applies = {"onnx_fp32": facts.exportable, "onnx_int8": facts.exportable, "pruned": facts.prunable}
+    traced = {name for name, ok in applies.items() if ok} & wanted
+    calib = calibration_batch(calibration, detector.imgsz) if traced else None
+    Path(out_dir).mkdir(parents=True, exist_ok=True)
+    built: dict[str, Built] = {"fp32": (detector, {"method": "the original model (eager FP32)"})}
+    built.update({name: (None, {"skipped": f"{name} is built for YOLO families (a torchvision detector's resize "
+                                           "and NMS run inside the model)"})
+                  for name, ok in applies.items() if name in wanted and not ok})
+    if {"onnx_fp32", "onnx_int8"} & traced:
+        built.update(onnx_variants(detector, out_dir, calib, threads=threads, int8="onnx_int8" in wanted))
+    if "pruned" in traced:
+        built["pruned"] = pruned_variant(detector, prune_ratio, calib.to(detector.device), finetune=finetune)
+    if "fp16" in wanted:
+        built["fp16"] = fp16_variant(detector)
+    if "fx_int8" in wanted:
+        built["fx_int8"] = fx_int8_variant(detector, calibration)
+    return built
+
+
+def evaluate_variants(built: dict[str, Built], names: Sequence[str], ds: DetectionDataset, *, batch_size: int,
+                      settings: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """The metrics row of each variant in `names` (in that order): its record, parameter count and
+    `evaluate_detector`'s row at `batch_size` (`settings`: `inference.evaluation_settings`); a skipped
+    variant keeps its reason only."""
+    variants = {}
+    for name in names:
+        variant, info = built[name]
+        if variant is None:
+            variants[name] = info
+            log.info("%s skipped: %s", name, info["skipped"])
+            continue
+        row, _ = evaluate_detector(variant, ds, batch_size=batch_size, **settings)
+        variants[name] = {**info, "params": variant.params() or None, **row}
+        log.info("%s: mAP %.3f mAP@.5 %.3f, %.1f ms/image inference (model %.1f ms)", name, row["map"],
+                 row["map_50"], row["timing"]["inference_ms_per_image"],
+                 row["timing"]["blocks"]["model"]["per_image_ms"])
+    return variants

@@ -1,9 +1,9 @@
 """Object-detection data sets in COCO, Pascal VOC and YOLO (ultralytics txt) formats, offline.
 
-Every loader returns one in-memory `DetectionDataset`; every writer is the inverse of its loader and
-writes each file atomically. Boxes are always xyxy in absolute pixels (float64) and labels a
-contiguous class index: COCO categories sorted by category id give indices 0..K-1, which for COCO's
-80 classes is exactly the ultralytics/YOLO class order, so YOLO labels and model outputs agree.
+Every loader returns one in-memory `data.DetectionDataset`; every writer is the inverse of its loader
+and writes each file atomically. Boxes are xyxy in absolute pixels (float64) and labels a contiguous
+class index: COCO categories sorted by category id give indices 0..K-1, which for COCO's 80 classes is
+exactly the ultralytics/YOLO class order, so YOLO labels and model outputs agree.
 
 Conventions per format:
 - COCO: bbox is xywh in pixels; `iscrowd` regions are kept (evaluation ignores them). Written areas
@@ -22,73 +22,22 @@ from __future__ import annotations
 import contextlib
 import io
 import logging
-import random
 import xml.etree.ElementTree as ET
-from collections import Counter
-from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Sequence
 
 import numpy as np
-import torch
 import yaml
 from PIL import Image
 
 from edgecompress import EdgecompressError
-from edgecompress.io import atomic_dir, read_json, write_json, write_text
+from edgecompress.detection.data import DetectionDataset, ImageAnnotation
+from edgecompress.io import read_json, write_json, write_text
 
 logger = logging.getLogger(__name__)
 
-FORMATS = ("coco", "voc", "yolo")
 IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".webp"}
-PARAMS_KEY = "detection.data"  # prefix of the params keys named in load_dataset's errors
 YOLO_DIGITS = 8  # significant digits of written YOLO floats: < 1e-5 px error on a 4k image
-
-
-@dataclass
-class ImageAnnotation:
-    """One image and its boxes."""
-
-    image_id: int  # COCO image id (or a running index from 1 for VOC/YOLO sources)
-    file_name: str  # path relative to DetectionDataset.images_dir
-    width: int
-    height: int
-    boxes: np.ndarray  # (N, 4) float64, xyxy in absolute pixels (x1 < x2, y1 < y2)
-    labels: np.ndarray  # (N,) int64, contiguous class index into DetectionDataset.classes
-    iscrowd: np.ndarray  # (N,) bool (COCO crowd regions, VOC difficult objects; False elsewhere)
-
-    def __post_init__(self) -> None:
-        self.boxes = np.asarray(self.boxes, dtype=np.float64).reshape(-1, 4)
-        self.labels = np.asarray(self.labels, dtype=np.int64).reshape(-1)
-        self.iscrowd = np.asarray(self.iscrowd, dtype=bool).reshape(-1)
-        if not len(self.boxes) == len(self.labels) == len(self.iscrowd):
-            raise ValueError(f"{self.file_name}: {len(self.boxes)} boxes, {len(self.labels)} labels and "
-                             f"{len(self.iscrowd)} iscrowd flags must have the same length")
-
-    @property
-    def num_boxes(self) -> int:
-        return len(self.boxes)
-
-
-@dataclass
-class DetectionDataset:
-    """Images with their boxes, class names and the COCO category id of each class index."""
-
-    images_dir: Path
-    classes: list[str]  # class index -> name
-    images: list[ImageAnnotation]
-    category_ids: list[int]  # COCO category id of each class index (1..K when the source has none)
-
-    def __len__(self) -> int:
-        return len(self.images)
-
-    @property
-    def num_boxes(self) -> int:
-        return sum(image.num_boxes for image in self.images)
-
-    def image_path(self, index: int) -> Path:
-        """Path of the image at position `index`."""
-        return Path(self.images_dir) / self.images[index].file_name
 
 
 def _annotation(image_id: int, file_name: str, width: int, height: int,
@@ -416,134 +365,3 @@ def write_class_names(ds: DetectionDataset, path: str | Path) -> None:
     write_text(path, text)
 
 
-# ----------------------------------------------------------------------------------------------
-# Dispatch, subsets, summaries
-def _resolve(root: Path, relative: str | Path | None, key: str, expected: str, *, folder: bool) -> Path:
-    """`root / relative`, checked to exist, with a one-line error naming the params key."""
-    if relative is None:
-        raise EdgecompressError(f"{PARAMS_KEY}.{key} is not set: expected {expected}")
-    path = root / relative
-    if not (path.is_dir() if folder else path.is_file()):
-        raise EdgecompressError(f"{PARAMS_KEY}.{key}={relative} not found at {path}: expected {expected}")
-    return path
-
-
-def load_dataset(fmt: str, *, root: str | Path, annotations: str | Path | None = None,
-                 images: str | Path | None = None, labels: str | Path | None = None,
-                 classes: str | Path | Sequence[str] | None = None) -> DetectionDataset:
-    """Load a detection data set; every path is relative to `root` (an absolute one is used as is).
-
-    Args:
-        fmt: "coco", "voc" or "yolo".
-        root: the data set's folder.
-        annotations: COCO: the instances json (required); VOC: the XML folder (default "Annotations").
-        images: the image folder (default "images"; VOC "JPEGImages").
-        labels: YOLO: the txt folder (default "labels").
-        classes: a data.yaml / names.txt path or a list of names. YOLO: required; VOC: None = the
-            names found; COCO: optional check that the json's class names are exactly these.
-    """
-    if fmt not in FORMATS:
-        raise EdgecompressError(f"{PARAMS_KEY}.format={fmt!r} is not supported: allowed {', '.join(FORMATS)}")
-    root = Path(root)
-    if not root.is_dir():
-        raise EdgecompressError(f"{PARAMS_KEY}.root={root} not found: expected the {fmt} data set folder")
-    names: list[str] | None = None
-    if isinstance(classes, (str, Path)):
-        names = read_class_names(_resolve(root, classes, "classes", "a YOLO data.yaml or a names.txt", folder=False))
-    elif classes is not None:
-        names = list(classes)
-
-    if fmt == "coco":
-        ds = load_coco(_resolve(root, annotations, "annotations", "a COCO instances_*.json", folder=False),
-                       _resolve(root, images or "images", "images", "the COCO image folder", folder=True))
-        if names is not None and names != ds.classes:
-            raise EdgecompressError(f"{PARAMS_KEY}.classes={classes} lists {len(names)} names that differ from the "
-                                    f"{len(ds.classes)} categories of {annotations}: expected the same names in "
-                                    "category-id order, or null")
-        return ds
-    if fmt == "voc":
-        return load_voc(_resolve(root, annotations or "Annotations", "annotations", "a folder of VOC XML files",
-                                 folder=True),
-                        _resolve(root, images or "JPEGImages", "images", "the VOC image folder", folder=True), names)
-    if names is None:
-        raise EdgecompressError(f"{PARAMS_KEY}.classes is not set: format yolo needs a data.yaml or names.txt")
-    return load_yolo(_resolve(root, labels or "labels", "labels", "a folder of YOLO txt labels", folder=True),
-                     _resolve(root, images or "images", "images", "the YOLO image folder", folder=True), names)
-
-
-def subset(ds: DetectionDataset, n: int | None, seed: int) -> DetectionDataset:
-    """`n` images drawn with `random.Random(seed)`, in their original order; n=None keeps all."""
-    if n is None:
-        return DetectionDataset(ds.images_dir, list(ds.classes), list(ds.images), list(ds.category_ids))
-    if not 0 <= n <= len(ds.images):
-        raise EdgecompressError(f"subset size {n} is not possible: the data set has {len(ds.images)} images "
-                                f"(expected 0..{len(ds.images)} or null for all)")
-    chosen = sorted(random.Random(seed).sample(range(len(ds.images)), n))
-    return DetectionDataset(ds.images_dir, list(ds.classes), [ds.images[i] for i in chosen], list(ds.category_ids))
-
-
-def outside(ds: DetectionDataset, evaluated: DetectionDataset) -> DetectionDataset:
-    """The images of `ds` that are not in `evaluated` (by file name): the pool for training and INT8
-    calibration, so neither ever sees an evaluated image."""
-    used = {image.file_name for image in evaluated.images}
-    return replace(ds, images=[image for image in ds.images if image.file_name not in used])
-
-
-def summary(ds: DetectionDataset) -> dict[str, Any]:
-    """Counts for the metrics JSON; `boxes` and `boxes_per_class` include crowd boxes, and
-    `boxes_per_class` lists every class (zeros too) so keys are stable across runs."""
-    per_class: Counter[int] = Counter()
-    for image in ds.images:
-        per_class.update(image.labels.tolist())
-    return {
-        "images": len(ds.images),
-        "boxes": ds.num_boxes,
-        "crowd_boxes": int(sum(int(image.iscrowd.sum()) for image in ds.images)),
-        "images_without_boxes": sum(1 for image in ds.images if image.num_boxes == 0),
-        "classes": len(ds.classes),
-        "classes_present": len(per_class),
-        "boxes_per_class": {name: per_class.get(index, 0) for index, name in enumerate(ds.classes)},
-    }
-
-
-def to_targets(ds: DetectionDataset) -> list[dict[str, torch.Tensor]]:
-    """Per image `{"boxes": float32 (N, 4), "labels": int64 (N,), "iscrowd": int64 (N,)}`, the target
-    format of torchmetrics' MeanAveragePrecision (which ignores crowd boxes like COCO)."""
-    return [{"boxes": torch.from_numpy(image.boxes).float(),
-             "labels": torch.from_numpy(image.labels).long(),
-             "iscrowd": torch.from_numpy(image.iscrowd).long()} for image in ds.images]
-
-
-# ----------------------------------------------------------------------------------------------
-# The pipeline's evaluation subset: one folder, written once, read by every later stage
-SUBSET_ANNOTATIONS, SUBSET_IMAGES = "annotations.json", "images"
-
-
-def load_source(spec: Any) -> DetectionDataset:
-    """The source data set a `detection.data` params block (format, root, annotations, images,
-    labels, classes) describes."""
-    return load_dataset(spec.format, root=spec.root, annotations=spec.annotations, images=spec.images,
-                        labels=spec.labels, classes=spec.classes)
-
-
-def write_subset(ds: DetectionDataset, out_dir: str | Path) -> None:
-    """`ds` as a self-contained folder, replaced as a whole (`io.atomic_dir`): its images copied to
-    `images/`, the boxes as COCO `annotations.json`, YOLO `labels/`, VOC `voc/` and `classes.txt`."""
-    import shutil
-
-    with atomic_dir(out_dir) as tmp:
-        for image in ds.images:
-            target = tmp / SUBSET_IMAGES / image.file_name
-            target.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(Path(ds.images_dir) / image.file_name, target)
-        copied = replace(ds, images_dir=Path(out_dir) / SUBSET_IMAGES)
-        write_coco(copied, tmp / SUBSET_ANNOTATIONS)
-        write_yolo(copied, tmp / "labels")
-        write_voc(copied, tmp / "voc")
-        write_class_names(copied, tmp / "classes.txt")
-
-
-def load_subset(directory: str | Path) -> DetectionDataset:
-    """The subset `write_subset` wrote (its COCO annotations and copied images)."""
-    directory = Path(directory)
-    return load_coco(directory / SUBSET_ANNOTATIONS, directory / SUBSET_IMAGES)

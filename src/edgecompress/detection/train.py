@@ -1,17 +1,18 @@
 """Fine-tuning of detectors on the detection pipeline's training split (source images outside the
 evaluation subset), with per-epoch losses and mAP logged (dvclive).
 
-Two routes, by family:
+Two routes, by family (`Family.trainer`):
 - `ultralytics`: ultralytics' own trainer (`YOLO.train`: its data loader, augmentation, loss, EMA and
   validator), given a data set folder in YOLO txt format. Its per-epoch losses and validation mAP go to
   our logger through a callback; its built-in DVCLive integration is switched off in this process so
   that one writer logs the run.
-- `yolov5` (original checkpoints, which ultralytics' trainer cannot load) and `torchvision`: one loop,
-  `fit_detector`, with the family's loss: YOLOv5's `ComputeLoss` (from the `yolov5` package, with its
-  default hyper-parameters scaled as its train script scales them) or the loss dict torchvision
-  detectors return in training mode. The same loop fine-tunes pruned networks of every family (with
-  ultralytics' own `model.loss` for theirs: its trainer would rebuild the unpruned model from the yaml). Mean losses per epoch and the mAP of `detect.evaluate_detector`
-  on the evaluation subset (the number detect_eval reports) are logged.
+- `loop` (original YOLOv5 checkpoints, which ultralytics' trainer cannot load, and torchvision): one
+  loop, `fit_detector`, with the family's loss (`detection.losses`): YOLOv5's `ComputeLoss` (from the
+  `yolov5` package, with its default hyper-parameters scaled as its train script scales them) or the
+  loss dict torchvision detectors return in training mode. The same loop fine-tunes pruned networks of
+  every family (with ultralytics' own `model.loss` for theirs: its trainer would rebuild the unpruned
+  model from the yaml). Mean losses per epoch and the mAP of `inference.evaluate_detector` on the
+  evaluation subset (the number detect_eval reports) are logged.
 
 No checkpoint is selected on the evaluation subset: the last epoch's weights are kept (the per-epoch
 mAP is monitoring, not model selection, so the numbers detect_eval reports stay unbiased).
@@ -25,24 +26,28 @@ import logging
 import shutil
 import tempfile
 import time
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
 import torch.nn as nn
+from tqdm.auto import tqdm
 
 from edgecompress import EdgecompressError
-from edgecompress.detect import Detector, letterbox, read_image
-from edgecompress.params import DETECTION_OPTIMIZERS, as_dict
-from edgecompress.train import Logger, make_scheduler, seed_everything
+from edgecompress.detection.data import DetectionDataset
+from edgecompress.detection.formats import write_yolo
+from edgecompress.detection.inference import image_tensor, letterbox
+from edgecompress.detection.losses import LOSSES
+from edgecompress.detection.models import (Detector, fuse_network, load_detector, read_imported,
+                                           unfused_network)
+from edgecompress.detection.params import OPTIMIZERS, DetectionTrainParams, DetectorParams
+from edgecompress.io import read_image, save_torch
+from edgecompress.runtime import seed_everything
+from edgecompress.train import Logger, make_scheduler
 
 log = logging.getLogger(__name__)
-
-# YOLOv5's hyp.scratch-low.yaml loss settings (the package's defaults for training)
-YOLOV5_LOSS_HYP = {"box": 0.05, "cls": 0.5, "cls_pw": 1.0, "obj": 1.0, "obj_pw": 1.0, "anchor_t": 4.0,
-                   "fl_gamma": 0.0, "label_smoothing": 0.0}
 
 
 def dataset_to_model_classes(dataset_classes: Sequence[str], model_classes: Sequence[str]) -> torch.Tensor:
@@ -55,7 +60,7 @@ def dataset_to_model_classes(dataset_classes: Sequence[str], model_classes: Sequ
 
 
 class DetectionTrainSet(torch.utils.data.Dataset):
-    """Images of a `detect_data.DetectionDataset` with their boxes, pre-processed as the detector's
+    """Images of a `DetectionDataset` with their boxes, pre-processed as the detector's
     inference pre-processes them (letterbox for YOLO families, the plain [0, 1] image for torchvision,
     which resizes inside the model), plus a random horizontal flip.
 
@@ -63,7 +68,7 @@ class DetectionTrainSet(torch.utils.data.Dataset):
     boxes of classes the model lacks are dropped (counted in `dropped_boxes`).
     """
 
-    def __init__(self, ds: Any, *, imgsz: int, letterboxed: bool, label_map: torch.Tensor, hflip: float) -> None:
+    def __init__(self, ds: DetectionDataset, *, imgsz: int, letterboxed: bool, label_map: torch.Tensor, hflip: float) -> None:
         self.ds, self.imgsz, self.letterboxed, self.label_map, self.hflip = ds, imgsz, letterboxed, label_map, hflip
         self.dropped_boxes = sum(int((label_map[torch.from_numpy(im.labels).long()] < 0).sum())
                                  for im in ds.images if len(im.labels))
@@ -83,7 +88,7 @@ class DetectionTrainSet(torch.utils.data.Dataset):
             tensor, meta = letterbox(image, self.imgsz)
             boxes = boxes * meta.scale + torch.tensor([meta.pad_x, meta.pad_y, meta.pad_x, meta.pad_y])
         else:
-            tensor = torch.from_numpy(np.array(image, dtype=np.uint8)).permute(2, 0, 1).float().div_(255.0)
+            tensor = image_tensor(image)
         if self.hflip and torch.rand(()) < self.hflip:
             width = tensor.shape[-1]
             tensor = tensor.flip(-1)
@@ -96,78 +101,10 @@ def collate(batch: Sequence[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]) ->
     return list(images), list(boxes), list(labels)
 
 
-class YoloV5Loss:
-    """YOLOv5's `ComputeLoss` with the package's default loss gains, scaled to the number of detection
-    layers, classes and the image size as YOLOv5's train script scales them. Returns the loss YOLOv5
-    back-propagates (summed gains x batch size) and its parts per image."""
-
-    parts = ("box", "obj", "cls")
-
-    def __init__(self, model: nn.Module, imgsz: int) -> None:
-        from yolov5.utils.loss import ComputeLoss
-
-        head = model.model[-1]
-        hyp = dict(YOLOV5_LOSS_HYP)
-        hyp["box"] *= 3 / head.nl
-        hyp["cls"] *= head.nc / 80 * 3 / head.nl
-        hyp["obj"] *= (imgsz / 640) ** 2 * 3 / head.nl
-        model.hyp = hyp
-        self.compute = ComputeLoss(model)
-        self.imgsz = imgsz
-
-    def __call__(self, model: nn.Module, images: list[torch.Tensor], boxes: list[torch.Tensor],
-                 labels: list[torch.Tensor]) -> tuple[torch.Tensor, dict[str, float]]:
-        batch = torch.stack(images)
-        rows = []
-        for i, (b, lab) in enumerate(zip(boxes, labels)):
-            xywh = torch.cat([(b[:, :2] + b[:, 2:]) / 2, b[:, 2:] - b[:, :2]], dim=1) / self.imgsz
-            rows.append(torch.cat([torch.full((len(b), 1), float(i)), lab[:, None].float(), xywh], dim=1))
-        targets = torch.cat(rows).to(batch.device) if rows else torch.zeros((0, 6), device=batch.device)
-        loss, items = self.compute(model(batch), targets)
-        return loss.sum(), dict(zip(self.parts, (float(v) for v in items)))
-
-
-class UltralyticsLoss:
-    """ultralytics' own detection loss (`model.loss`: box IoU, class BCE and distribution focal loss)
-    with ultralytics' default gains; for networks its trainer cannot take, e.g. pruned ones (the
-    trainer rebuilds a model from its yaml). Returns the loss it back-propagates and its parts."""
-
-    def __init__(self, model: nn.Module) -> None:
-        from ultralytics.cfg import get_cfg
-        from ultralytics.utils import DEFAULT_CFG
-
-        if not hasattr(getattr(model, "args", None), "box"):  # a checkpoint's args are a plain dict
-            model.args = get_cfg(DEFAULT_CFG)
-        model.criterion = None  # built by model.loss for this network
-
-    def __call__(self, model: nn.Module, images: list[torch.Tensor], boxes: list[torch.Tensor],
-                 labels: list[torch.Tensor]) -> tuple[torch.Tensor, dict[str, float]]:
-        batch = torch.stack(images)
-        size = torch.tensor(batch.shape[-1:-3:-1] * 2, dtype=torch.float32, device=batch.device)  # w, h, w, h
-        index = torch.cat([torch.full((len(b),), float(i), device=batch.device) for i, b in enumerate(boxes)])
-        xyxy = torch.cat(boxes)
-        xywh = torch.cat([(xyxy[:, :2] + xyxy[:, 2:]) / 2, xyxy[:, 2:] - xyxy[:, :2]], dim=1) / size
-        loss, items = model.loss({"img": batch, "batch_idx": index, "cls": torch.cat(labels)[:, None].float(),
-                                  "bboxes": xywh})
-        parts = (items.items() if isinstance(items, dict)
-                 else zip(("box_loss", "cls_loss", "dfl_loss"), items))
-        return loss.sum(), {k.removesuffix("_loss"): float(v) for k, v in parts}
-
-
-class TorchvisionLoss:
-    """torchvision detectors compute their own losses in training mode (a dict); the sum is trained."""
-
-    def __call__(self, model: nn.Module, images: list[torch.Tensor], boxes: list[torch.Tensor],
-                 labels: list[torch.Tensor]) -> tuple[torch.Tensor, dict[str, float]]:
-        targets = [{"boxes": b, "labels": lab} for b, lab in zip(boxes, labels)]
-        losses = model(images, targets)
-        return sum(losses.values()), {k.removeprefix("loss_"): float(v.detach()) for k, v in losses.items()}
-
-
-def loop_settings(spec: Any) -> dict[str, Any]:
+def loop_settings(spec: DetectionTrainParams) -> dict[str, Any]:
     """The training keyword arguments of `fit_detector` / `train_ultralytics` from a `detection.train`
     params block (all but the model to train and the device)."""
-    return {k: v for k, v in as_dict(spec).items() if k not in ("model", "device")}
+    return {k: v for k, v in spec.to_dict().items() if k not in ("model", "device")}
 
 
 def make_optimizer(params: Sequence[nn.Parameter], name: str, *, lr: float, momentum: float,
@@ -176,11 +113,34 @@ def make_optimizer(params: Sequence[nn.Parameter], name: str, *, lr: float, mome
         return torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay, nesterov=momentum > 0)
     if name == "adamw":
         return torch.optim.AdamW(params, lr=lr, betas=(momentum, 0.999), weight_decay=weight_decay)
-    raise EdgecompressError(f"detection.train.optimizer={name!r} is invalid: allowed: {', '.join(DETECTION_OPTIMIZERS)}")
+    raise EdgecompressError(f"detection.train.optimizer={name!r} is invalid: allowed: {', '.join(OPTIMIZERS)}")
 
 
-def fit_detector(detector: Detector, train_ds: Any, *, epochs: int, batch_size: int, workers: int, optimizer: str,
-                 lr: float, momentum: float, weight_decay: float, hflip: float, seed: int,
+def _train_epoch(model: nn.Module, loader: Any, loss_fn: Callable, opt: torch.optim.Optimizer,
+                 device: torch.device, *, desc: str, epoch: int, epochs: int) -> dict[str, float]:
+    """Epoch `epoch` (from 1): one pass over `loader`; returns the mean loss and loss parts per image
+    (rounded to 6 digits)."""
+    sums: dict[str, float] = {}
+    seen = 0
+    for images, boxes, labels in tqdm(loader, desc=f"{desc} epoch {epoch}/{epochs}", unit="batch", leave=False):
+        images = [im.to(device) for im in images]
+        boxes, labels = [b.to(device) for b in boxes], [lab.to(device) for lab in labels]
+        loss, parts = loss_fn(model, images, boxes, labels)
+        if not torch.isfinite(loss):
+            raise EdgecompressError(f"{desc}: loss became {loss.item()} at epoch {epoch}; lower "
+                                    "detection.train.lr or check the boxes")
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        count = len(images)
+        seen += count
+        for key, value in {"loss": sum(parts.values()), **parts}.items():
+            sums[key] = sums.get(key, 0.0) + value * count
+    return {k: round(v / max(seen, 1), 6) for k, v in sums.items()}
+
+
+def fit_detector(detector: Detector, train_ds: DetectionDataset, *, epochs: int, batch_size: int, workers: int,
+                 optimizer: str, lr: float, momentum: float, weight_decay: float, hflip: float, seed: int,
                  freeze_batchnorm: bool = False, evaluate: Callable[[Detector], dict[str, Any]] | None = None,
                  logger: Logger | None = None, desc: str = "detect_train") -> dict[str, Any]:
     """Fine-tune `detector.model` in place (yolov5 with its BatchNorm layers, i.e. unfused; ultralytics;
@@ -195,11 +155,12 @@ def fit_detector(detector: Detector, train_ds: Any, *, epochs: int, batch_size: 
     96 letterboxed training images alone (learning rate ~0) lowers subset mAP@.5 62.0 -> 58.0, while a
     pruned network needs them re-estimated (detect_compress does).
 
+    `detector.model` is trained as it is: a family whose inference network is fused trains the
+    unfused one (`models.unfused_network`), as `train_detector` arranges.
+
     Returns:
         {"epochs", "images", "dropped_boxes", "seconds", "history": [{epoch, lr, loss, <parts>, map, map_50}]}.
     """
-    from tqdm.auto import tqdm
-
     seed_everything(seed, deterministic_kernels=False)  # the flips and the shuffle: a rerun repeats itself
     model, device = detector.model, detector.device
     label_map = dataset_to_model_classes(train_ds.classes, detector.output_classes)
@@ -210,8 +171,7 @@ def fit_detector(detector: Detector, train_ds: Any, *, epochs: int, batch_size: 
     generator = torch.Generator().manual_seed(seed)
     loader = torch.utils.data.DataLoader(data, batch_size=batch_size, shuffle=True, num_workers=workers,
                                          collate_fn=collate, generator=generator, drop_last=False)
-    loss_fn = {"yolov5": lambda: YoloV5Loss(model, detector.imgsz), "ultralytics": lambda: UltralyticsLoss(model),
-               "torchvision": TorchvisionLoss}[detector.family]()
+    loss_fn = LOSSES[detector.facts.loss](model, detector.imgsz)
     opt = make_optimizer([p for p in model.parameters() if p.requires_grad], optimizer, lr=lr, momentum=momentum,
                          weight_decay=weight_decay)
     scheduler = make_scheduler(opt, schedule="cosine", epochs=epochs, step_size=1, gamma=1.0)
@@ -222,25 +182,9 @@ def fit_detector(detector: Detector, train_ds: Any, *, epochs: int, batch_size: 
             for module in model.modules():
                 if isinstance(module, nn.modules.batchnorm._BatchNorm):
                     module.eval()
-        sums: dict[str, float] = {}
-        seen = 0
-        for images, boxes, labels in tqdm(loader, desc=f"{desc} epoch {epoch + 1}/{epochs}", unit="batch",
-                                          leave=False):
-            images = [im.to(device) for im in images]
-            boxes, labels = [b.to(device) for b in boxes], [lab.to(device) for lab in labels]
-            loss, parts = loss_fn(model, images, boxes, labels)
-            if not torch.isfinite(loss):
-                raise EdgecompressError(f"{desc}: loss became {loss.item()} at epoch {epoch + 1}; lower "
-                                        "detection.train.lr or check the boxes")
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            count = len(images)
-            seen += count
-            for key, value in {"loss": sum(parts.values()), **parts}.items():
-                sums[key] = sums.get(key, 0.0) + value * count
+        means = _train_epoch(model, loader, loss_fn, opt, device, desc=desc, epoch=epoch + 1, epochs=epochs)
         row: dict[str, Any] = {"epoch": epoch + 1, "lr": opt.param_groups[0]["lr"],
-                               **{f"train/{k}": round(v / max(seen, 1), 6) for k, v in sums.items()}}
+                               **{f"train/{k}": v for k, v in means.items()}}
         scheduler.step()
         model.eval()
         if evaluate is not None:
@@ -261,11 +205,9 @@ def fit_detector(detector: Detector, train_ds: Any, *, epochs: int, batch_size: 
 
 # ----------------------------------------------------------------------------------------------
 # ultralytics: its own trainer
-def _yolo_folder(ds: Any, folder: Path) -> Path:
+def _yolo_folder(ds: DetectionDataset, folder: Path) -> Path:
     """A YOLO-txt view of `ds` in `folder` (images linked, labels written), so that ultralytics'
     `labels.cache` lands in a scratch folder and never in a DVC-tracked one."""
-    from edgecompress.detect_data import write_yolo
-
     (folder / "images").mkdir(parents=True)
     for image in ds.images:
         (folder / "images" / image.file_name).symlink_to(Path(ds.images_dir, image.file_name).resolve())
@@ -282,7 +224,7 @@ def _disable_ultralytics_dvclive() -> None:
         dvc_callbacks.callbacks = {}
 
 
-def train_ultralytics(detector: Detector, train_ds: Any, val_ds: Any, out: str | Path, *, epochs: int,
+def train_ultralytics(detector: Detector, train_ds: DetectionDataset, val_ds: DetectionDataset, out: str | Path, *, epochs: int,
                       batch_size: int, workers: int, optimizer: str, lr: float, momentum: float,
                       weight_decay: float, hflip: float, seed: int, device: torch.device,
                       logger: Logger | None = None) -> dict[str, Any]:
@@ -339,18 +281,56 @@ def train_ultralytics(detector: Detector, train_ds: Any, val_ds: Any, out: str |
 
 
 def save_trained(detector: Detector, out: str | Path, *, base: str | Path) -> None:
-    """Trained weights in the file format the family loads: yolov5 -> detect_import's format (config,
-    classes, state dict; `base` is the imported file it started from), torchvision -> a state dict."""
-    from edgecompress.detect import IMPORT_FORMAT
-    from edgecompress.io import load_torch, save_torch
-
+    """Trained weights in the file format the family loads: an imported family (`Family.imported`:
+    yolov5) -> detect_import's format (config, classes, state dict; `base` is the imported file it
+    started from), others (torchvision) -> a state dict."""
     state = {k: v.detach().cpu() for k, v in detector.model.state_dict().items()}
-    if detector.family == "yolov5":
-        payload = dict(load_torch(base, "imported YOLOv5 model"))
-        if payload.get("format") != IMPORT_FORMAT:
-            raise EdgecompressError(f"{base}: not a file written by detect_import")
+    if detector.facts.imported:
+        payload = dict(read_imported(base))
         payload.update(state_dict=state, yaml=copy.deepcopy(detector.model.yaml),
                        source={**payload.get("source", {}), "fine_tuned_from": str(base)})
         save_torch(out, payload)
     else:
         save_torch(out, state)
+
+
+# ----------------------------------------------------------------------------------------------
+# detect_train: the family's route
+TRAINER_LABELS = {"ultralytics": "ultralytics YOLO.train", "loop": "edgecompress fit_detector"}
+
+
+@dataclass
+class TrainRun:
+    """A finished `train_detector`: the trained detector (ready for inference) and what the metrics record."""
+
+    detector: Detector
+    trainer: str  # how it was trained (TRAINER_LABELS)
+    settings: dict[str, Any]  # the training settings the trainer was given
+    result: dict[str, Any]  # {"epochs", "images", "dropped_boxes", "seconds", "history"}
+
+
+def train_detector(detector: Detector, train_ds: DetectionDataset, eval_ds: DetectionDataset, out: str | Path, *,
+                   settings: dict[str, Any], seed: int, evaluate: Callable[[Detector], dict[str, Any]],
+                   logger: Logger | None = None) -> TrainRun:
+    """Fine-tune `detector` on `train_ds` by its family's route (`Family.trainer`) and write the
+    trained weights to `out` in the file format the family loads.
+
+    Args:
+        eval_ds: the evaluation subset (ultralytics' trainer validates on it; monitoring only).
+        settings: `loop_settings(detection.train)`.
+        evaluate: the per-epoch subset evaluation of our loop (`inference.subset_monitor`).
+    """
+    facts, device = detector.facts, detector.device
+    if facts.trainer == "ultralytics":
+        settings = {k: v for k, v in settings.items() if k != "freeze_batchnorm"}  # it manages its BatchNorm
+        result = train_ultralytics(detector, train_ds, eval_ds, out, seed=seed, device=device, logger=logger,
+                                   **settings)
+        trained = load_detector(detector.name, DetectorParams(family=detector.family, weights=str(out)),
+                                dataset_classes=eval_ds.classes, imgsz=detector.imgsz, device=device)
+        return TrainRun(trained, TRAINER_LABELS[facts.trainer], settings, result)
+    if facts.fused:  # trained with its BatchNorm layers, fused again for inference
+        detector = replace(detector, model=unfused_network(detector).to(device))
+    result = fit_detector(detector, train_ds, seed=seed, evaluate=evaluate, logger=logger, **settings)
+    save_trained(detector, out, base=detector.weights)
+    trained = replace(detector, model=fuse_network(detector.model)) if facts.fused else detector
+    return TrainRun(trained, TRAINER_LABELS[facts.trainer], settings, result)
