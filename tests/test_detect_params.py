@@ -60,9 +60,6 @@ def test_every_family_has_a_loader_and_its_name_is_what_params_accept(monkeypatc
 
 
 def test_reading_params_loads_neither_torch_nor_model_code() -> None:
-    from edgecompress import runtime
-
-    assert params.DEVICES == runtime.DEVICES  # spelled out there, so that the schema stays light
     code = ("import sys, edgecompress.detection.params; "
             "print(sorted(m for m in ('torch', 'edgecompress.detection.models') if m in sys.modules))")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)

@@ -23,6 +23,14 @@ def test_stage_deps_cover_its_imports(stage: Stage):
 
 
 @pytest.mark.parametrize("stage", STAGES, ids=lambda s: f"{s.dvc_file.parent.name}:{s.name}")
+def test_stage_deps_list_no_code_it_does_not_run(stage: Stage):
+    """An extra code dep re-runs the stage for changes that cannot affect it."""
+    needed = {stage.script, *files_needed(stage.script)}
+    extra = [d.relative_to(ROOT).as_posix() for d in stage.deps if d.suffix == ".py" and d not in needed]
+    assert not extra, f"stage {stage.name} depends on code its script never imports: {extra}"
+
+
+@pytest.mark.parametrize("stage", STAGES, ids=lambda s: f"{s.dvc_file.parent.name}:{s.name}")
 def test_stage_deps_exist(stage: Stage):
     absent = [d.relative_to(ROOT).as_posix() for d in stage.deps
               if d.is_relative_to(ROOT / "src") or d.is_relative_to(ROOT / "stages")

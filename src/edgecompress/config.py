@@ -54,6 +54,9 @@ def _as_written(value: Any) -> Any:
     return value
 
 
+DEVICES = ("auto", "cpu", "cuda")  # what a `device` setting accepts (runtime.resolve_device reads it)
+
+
 def check(ok: bool, key: str, value: Any, allowed: str) -> None:
     """Raise ParamError(key, value, allowed) unless `ok`."""
     if not ok:

@@ -15,8 +15,6 @@ import torch
 
 from edgecompress import EdgecompressError
 
-DEVICES = ("auto", "cpu", "cuda")  # what a `device` setting accepts
-
 
 def seed_everything(seed: int, *, deterministic_kernels: bool = True) -> None:
     """Seed Python, NumPy and torch, and (by default) ask torch for deterministic kernels.

@@ -21,9 +21,9 @@ from torchmetrics.classification import MulticlassAccuracy, MulticlassConfusionM
 from tqdm.auto import tqdm
 
 from edgecompress import EdgecompressError, distributed
-from edgecompress.config import Settings, check, check_choice
+from edgecompress.config import DEVICES, Settings, check, check_choice
 from edgecompress.data import AugmentParams
-from edgecompress.runtime import DEVICES, amp_enabled
+from edgecompress.runtime import amp_enabled
 
 log = logging.getLogger(__name__)
 

@@ -11,11 +11,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from edgecompress.config import Settings, check, check_choice, check_distinct, is_batch_list
+from edgecompress.config import DEVICES, Settings, check, check_choice, check_distinct, is_batch_list
 from edgecompress.detection.families import FAMILIES
 
-# runtime.DEVICES, spelled out: importing runtime loads torch, and this schema stays light
-DEVICES = ("auto", "cpu", "cuda")
 FORMATS = ("coco", "voc", "yolo")  # source data set formats
 OPTIMIZERS = ("sgd", "adamw")  # detect_train / pruned fine-tuning
 VARIANTS = ("fp32", "onnx_fp32", "onnx_int8", "pruned", "fp16", "fx_int8")  # detect_compress
