@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from edgecompress import zoo_report
+from edgecompress.zoo import report as zoo_report
 from edgecompress.io import write_json
 
 

@@ -7,7 +7,6 @@ with random weights is marked as such in every table and plot (its accuracy is c
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any
 
@@ -15,9 +14,9 @@ import matplotlib.pyplot as plt
 
 from edgecompress.goals import target
 from edgecompress.io import read_json, write_text
+from edgecompress.markdown import markdown_table, relative_link
 from edgecompress.plots import save_figure
-from edgecompress.report import markdown_table
-from edgecompress.zoo import DYNAMIC_NOTE
+from edgecompress.zoo.measure import DYNAMIC_NOTE
 
 RANDOM_TAG = " (random weights)"
 PLOT_FILES = {"accuracy_vs_latency": "zoo_accuracy_vs_latency.png",
@@ -261,7 +260,7 @@ def build_report(zoo_path: str | Path, quant_path: str | Path, plots_dir: str | 
     """Read the metrics files and write REPORT.md (atomically); plot links relative to the report."""
     out_path = Path(out_path)
     plots = {key: Path(plots_dir, name) for key, name in PLOT_FILES.items()}
-    rel = {key: Path(os.path.relpath(path, out_path.parent)).as_posix() for key, path in plots.items()}
+    rel = {key: relative_link(path, out_path.parent) for key, path in plots.items()}
     text = render_report(read_json(zoo_path), read_json(quant_path), rel)
     write_text(out_path, text)
     return text
