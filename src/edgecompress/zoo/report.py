@@ -1,8 +1,10 @@
 """The zoo pipeline's plots and REPORT.md, computed from its metrics files only.
 
 `zoo.json` (stage zoo_benchmark: FP32 pretrained models) and `zoo_quantize.json` (stage zoo_quantize:
-dynamic and FX static INT8 of the same models). Every number in the report is read from them; a model
-with random weights is marked as such in every table and plot (its accuracy is chance level by design).
+dynamic and FX static INT8 of the same models). Every number in the report is read from them (and the
+note on what dynamic quantization converts, `dynamic_note`), so this module needs no measuring code; a
+model with random weights is marked as such in every table and plot (its accuracy is chance level by
+design).
 """
 
 from __future__ import annotations
@@ -16,7 +18,6 @@ from edgecompress.goals import target
 from edgecompress.io import read_json, write_text
 from edgecompress.markdown import markdown_table, relative_link
 from edgecompress.plots import save_figure
-from edgecompress.zoo.measure import DYNAMIC_NOTE
 
 RANDOM_TAG = " (random weights)"
 PLOT_FILES = {"accuracy_vs_latency": "zoo_accuracy_vs_latency.png",
@@ -96,7 +97,7 @@ def plot_batch_size_analysis(zoo: dict[str, Any], quant: dict[str, Any], path: s
         ax.grid(alpha=0.3, which="both")
     ax_lat.legend(fontsize=7, bbox_to_anchor=(1.02, 1), loc="upper left")
     fig.suptitle(f"Dynamic quantization over batch sizes {'/'.join(map(str, batches))}: solid FP32, dashed "
-                 f"dynamic INT8\n{DYNAMIC_NOTE}\n{_subtitle(zoo)}", fontsize=8)
+                 f"dynamic INT8\n{quant['dynamic_note']}\n{_subtitle(zoo)}", fontsize=8)
     save_figure(fig, path)
 
 
@@ -200,7 +201,7 @@ def render_report(zoo: dict[str, Any], quant: dict[str, Any], plots: dict[str, s
     lines += ["Published: ImageNet-1k validation (50,000 images) top-1 from the weights' metadata. The interval is "
               "the exact (Clopper–Pearson) 95% binomial interval of the subset's top-1: with one image per class "
               "a few points either way are noise.", ""]
-    lines += ["## Dynamic quantization (stage zoo_quantize)", "", f"> {DYNAMIC_NOTE}.", "",
+    lines += ["## Dynamic quantization (stage zoo_quantize)", "", f"> {quant['dynamic_note']}.", "",
               "FP32 latencies in this and the next table were timed by zoo_quantize right before the quantized "
               "models (same process, same images), not taken from zoo_benchmark's run minutes earlier.", ""]
     rows = []
