@@ -3,19 +3,19 @@ CIFAR-100 (or any data set in the `finetune.data` block): fresh head, `finetune.
 the rest frozen (BatchNorm statistics included); keep the best-validation checkpoint."""
 
 from edgecompress import EdgecompressError
+from edgecompress.classifier import TRAIN_STAGE_PATHS, train_classifier
 from edgecompress.data import prepare_dataset
-from edgecompress.finetune import pretrained_classifier, resolve_finetune_weights, unfreeze_batchnorm
-from edgecompress.params import ZooPipelineParams, load_params
-from edgecompress.pipeline import TRAIN_STAGE_PATHS, log, run_stage, stage_args, train_classifier
-from edgecompress.train import seed_everything
+from edgecompress.runtime import seed_everything
+from edgecompress.stage import read_params, run_stage, stage_args
+from edgecompress.zoo.finetune import pretrained_classifier, resolve_finetune_weights, unfreeze_batchnorm
+from edgecompress.zoo.params import ZooPipelineParams
 
 STAGE = "finetune_cifar100"
 
 
 def main() -> None:
     args = stage_args(__doc__, {**TRAIN_STAGE_PATHS, "data": "directory for the prepared split cache (written)"})
-    ft = load_params(args.params, ZooPipelineParams).finetune
-    log.info("params from %s validated", args.params)
+    ft = read_params(args.params, ZooPipelineParams).finetune
     if ft.train.nproc > 1:
         raise EdgecompressError(f"finetune.train.nproc={ft.train.nproc} is invalid: this stage trains in one process "
                                 "(its data preparation is not shared between ranks yet); use 1")

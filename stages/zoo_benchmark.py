@@ -6,20 +6,22 @@ from pathlib import Path
 
 import torch
 
-from edgecompress.bench import environment_fingerprint
+from edgecompress.bench.environment import environment_fingerprint
 from edgecompress.io import write_json
-from edgecompress.params import ZooPipelineParams, load_params
-from edgecompress.pipeline import log, run_stage, stage_args
-from edgecompress.zoo import ImageCache, benchmark_model, preprocessing, zoo_inputs
-from edgecompress.zoo_report import PLOT_FILES, plot_accuracy_vs_latency
+from edgecompress.stage import log, read_params, run_stage, stage_args
+from edgecompress.zoo.imagenet import ImageCache
+from edgecompress.zoo.measure import Measurement, benchmark_model, zoo_inputs
+from edgecompress.zoo.params import ZooPipelineParams
+from edgecompress.zoo.report import PLOT_FILES, plot_accuracy_vs_latency
+from edgecompress.zoo.weights import preprocessing
 
 
 def main() -> None:
     args = stage_args(__doc__, {"metrics": "zoo metrics JSON to write", "plots": "directory for the plot"})
-    params = load_params(args.params, ZooPipelineParams).zoo
+    params = read_params(args.params, ZooPipelineParams).zoo
     torch.set_num_threads(params.threads)
     inputs = zoo_inputs(params)
-    subset, cache, how = inputs.evaluation, ImageCache(), params.measurement()
+    subset, cache, how = inputs.evaluation, ImageCache(), Measurement.from_params(params)
     log.info("zoo: %d models on %d images (%d classes) from %s", len(inputs.models), len(subset.paths),
              subset.num_classes_present, params.images)
     results = {}

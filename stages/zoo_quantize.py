@@ -5,21 +5,23 @@ calibrated on images not used for evaluation -> metrics/zoo_quantize.json and tw
 import torch
 
 from edgecompress.io import read_json, write_json
-from edgecompress.params import ZooPipelineParams, load_params
-from edgecompress.pipeline import log, run_stage, stage_args
-from edgecompress.zoo import (DYNAMIC_NOTE, ImageCache, dynamic_analysis, fp32_latency, load_pretrained,
-                              preprocessing, static_analysis, zoo_inputs)
-from edgecompress.zoo_report import write_plots
+from edgecompress.stage import log, read_params, run_stage, stage_args
+from edgecompress.zoo.imagenet import ImageCache
+from edgecompress.zoo.measure import (DYNAMIC_NOTE, Measurement, dynamic_analysis, fp32_latency, static_analysis,
+                                      zoo_inputs)
+from edgecompress.zoo.params import ZooPipelineParams
+from edgecompress.zoo.report import write_plots
+from edgecompress.zoo.weights import load_pretrained, preprocessing
 
 
 def main() -> None:
     args = stage_args(__doc__, {"zoo": "metrics/zoo.json of zoo_benchmark (FP32 reference)",
                                 "metrics": "metrics JSON to write", "plots": "directory for the plots"})
-    params = load_params(args.params, ZooPipelineParams).zoo
+    params = read_params(args.params, ZooPipelineParams).zoo
     torch.set_num_threads(params.threads)
     fp32 = read_json(args.zoo)
-    inputs = zoo_inputs(params, calibration_images=params.calibration_batches * params.calibration_batch_size)
-    subset, cache, how = inputs.evaluation, ImageCache(), params.measurement()
+    inputs = zoo_inputs(params, calibration_images=params.calibration_images)
+    subset, cache, how = inputs.evaluation, ImageCache(), Measurement.from_params(params)
     results = {}
     for arch, resolved in inputs.models.items():
         transform = preprocessing(resolved)

@@ -1,7 +1,7 @@
 """Stage `zoo_report`: REPORT.md of the zoo pipeline from its metrics files."""
 
-from edgecompress.pipeline import log, run_stage, stage_args
-from edgecompress.zoo_report import build_report
+from edgecompress.stage import log, run_stage, stage_args
+from edgecompress.zoo.report import build_report
 
 
 def main() -> None:

@@ -19,7 +19,7 @@ from torchvision.ops import FrozenBatchNorm2d
 
 from conftest import ROOT, run
 from edgecompress import EdgecompressError
-from edgecompress.finetune import (
+from edgecompress.zoo.finetune import (
     finetune_architectures,
     freeze_except,
     pretrained_classifier,

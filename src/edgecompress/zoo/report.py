@@ -1,13 +1,14 @@
 """The zoo pipeline's plots and REPORT.md, computed from its metrics files only.
 
 `zoo.json` (stage zoo_benchmark: FP32 pretrained models) and `zoo_quantize.json` (stage zoo_quantize:
-dynamic and FX static INT8 of the same models). Every number in the report is read from them; a model
-with random weights is marked as such in every table and plot (its accuracy is chance level by design).
+dynamic and FX static INT8 of the same models). Every number in the report is read from them (and the
+note on what dynamic quantization converts, `dynamic_note`), so this module needs no measuring code; a
+model with random weights is marked as such in every table and plot (its accuracy is chance level by
+design).
 """
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any
 
@@ -15,9 +16,8 @@ import matplotlib.pyplot as plt
 
 from edgecompress.goals import target
 from edgecompress.io import read_json, write_text
+from edgecompress.markdown import markdown_table, relative_link
 from edgecompress.plots import save_figure
-from edgecompress.report import markdown_table
-from edgecompress.zoo import DYNAMIC_NOTE
 
 RANDOM_TAG = " (random weights)"
 PLOT_FILES = {"accuracy_vs_latency": "zoo_accuracy_vs_latency.png",
@@ -97,7 +97,7 @@ def plot_batch_size_analysis(zoo: dict[str, Any], quant: dict[str, Any], path: s
         ax.grid(alpha=0.3, which="both")
     ax_lat.legend(fontsize=7, bbox_to_anchor=(1.02, 1), loc="upper left")
     fig.suptitle(f"Dynamic quantization over batch sizes {'/'.join(map(str, batches))}: solid FP32, dashed "
-                 f"dynamic INT8\n{DYNAMIC_NOTE}\n{_subtitle(zoo)}", fontsize=8)
+                 f"dynamic INT8\n{quant['dynamic_note']}\n{_subtitle(zoo)}", fontsize=8)
     save_figure(fig, path)
 
 
@@ -201,7 +201,7 @@ def render_report(zoo: dict[str, Any], quant: dict[str, Any], plots: dict[str, s
     lines += ["Published: ImageNet-1k validation (50,000 images) top-1 from the weights' metadata. The interval is "
               "the exact (Clopper–Pearson) 95% binomial interval of the subset's top-1: with one image per class "
               "a few points either way are noise.", ""]
-    lines += ["## Dynamic quantization (stage zoo_quantize)", "", f"> {DYNAMIC_NOTE}.", "",
+    lines += ["## Dynamic quantization (stage zoo_quantize)", "", f"> {quant['dynamic_note']}.", "",
               "FP32 latencies in this and the next table were timed by zoo_quantize right before the quantized "
               "models (same process, same images), not taken from zoo_benchmark's run minutes earlier.", ""]
     rows = []
@@ -261,7 +261,7 @@ def build_report(zoo_path: str | Path, quant_path: str | Path, plots_dir: str | 
     """Read the metrics files and write REPORT.md (atomically); plot links relative to the report."""
     out_path = Path(out_path)
     plots = {key: Path(plots_dir, name) for key, name in PLOT_FILES.items()}
-    rel = {key: Path(os.path.relpath(path, out_path.parent)).as_posix() for key, path in plots.items()}
+    rel = {key: relative_link(path, out_path.parent) for key, path in plots.items()}
     text = render_report(read_json(zoo_path), read_json(quant_path), rel)
     write_text(out_path, text)
     return text

@@ -19,8 +19,9 @@ import torch
 from torch import nn
 
 from edgecompress import EdgecompressError
+from edgecompress.config import check_choice
 from edgecompress.models import ARCHITECTURES, arch_config
-from edgecompress.zoo import ResolvedWeights, load_pretrained, resolve_weights
+from edgecompress.zoo.weights import PRETRAINED, ResolvedWeights, load_pretrained, resolve_weights
 
 log = logging.getLogger(__name__)
 
@@ -138,19 +139,17 @@ def unfreeze_batchnorm(model: nn.Module) -> nn.Module:
 
 
 def resolve_finetune_weights(arch: str, weights: str, weights_dir: str | None) -> ResolvedWeights:
-    """Check `arch` and find its official ImageNet weights file offline (`zoo.resolve_weights`); cheap,
-    so a stage calls it before any data preparation. weights='random' resolves to no file.
+    """Check `arch` and find its official ImageNet weights file offline (`zoo.weights.resolve_weights`);
+    cheap, so a stage calls it before any data preparation. weights='random' resolves to no file.
 
     Raises:
         EdgecompressError: an unsupported architecture, or the missing weights files and where to put one.
     """
-    allowed = finetune_architectures()
-    if arch not in allowed:
-        raise EdgecompressError(f"finetune.arch={arch!r} is invalid: allowed: {', '.join(allowed)}")
+    check_choice(arch, "finetune.arch", finetune_architectures())
     return resolve_weights([arch], weights_dir, weights)[arch]
 
 
-def pretrained_classifier(arch: str, num_classes: int, *, train_prefixes: Iterable[str], weights: str = "pretrained",
+def pretrained_classifier(arch: str, num_classes: int, *, train_prefixes: Iterable[str], weights: str = PRETRAINED,
                           weights_dir: str | None = None, resolved: ResolvedWeights | None = None
                           ) -> tuple[nn.Module, dict[str, Any], dict[str, Any]]:
     """The ImageNet `arch` with its weights loaded, a fresh `num_classes`-way head, and everything but

@@ -1,0 +1,92 @@
+"""The zoo pipeline's params.yaml schema (pipelines/zoo/params.yaml): the `zoo` block (stages
+zoo_benchmark, zoo_quantize) and the `finetune` block (stage finetune_cifar100), validated as a whole
+before any stage works (`stage.read_params(path, ZooPipelineParams)`)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from edgecompress.config import Settings, check, check_choice, check_distinct, is_batch_list
+from edgecompress.data import AugmentParams, DataParams
+from edgecompress.train import TrainParams
+from edgecompress.zoo.weights import PRETRAINED, WEIGHTS_CHOICES, torchvision_classifiers
+
+STATIC_QCONFIGS = ("x86", "fbgemm", "qnnpack", "custom")  # FX static INT8 per engine, plus the custom QConfig
+
+
+@dataclass(frozen=True)
+class ZooParams(Settings):
+    """Pretrained ImageNet models on an image-folder subset: accuracy, cost and quantization."""
+
+    images: str = "../../../shared/data/imagenet-sample"  # <root>/<wnid or class index>/<image>
+    classes: str | None = None  # 'index wnid name' lines; null = timm's ImageNet-1k synset list
+    max_images: int = 100  # evaluation images, one per class first
+    models: dict[str, str] = field(default_factory=lambda: {"mobilenet_v2": PRETRAINED})  # arch: pretrained|random
+    weights_dir: str | None = None  # null = torch hub's checkpoint folder; then installed packages
+    batch_sizes: tuple[int, ...] = (1, 4, 8, 16)
+    warmup: int = 1  # untimed calls per batch size
+    repeats: int = 3  # timed calls per batch size (median, IQR)
+    min_time_s: float = 0.0
+    threads: int = 2
+    eval_batch_size: int = 25
+    dynamic: bool = True  # dynamic INT8 (Linear layers) over batch_sizes
+    static: tuple[str, ...] = STATIC_QCONFIGS  # an empty list measures no static INT8
+    static_batch_size: int = 8  # latency of the static INT8 models at this batch size
+    calibration_batches: int = 1  # of calibration_batch_size images not used for evaluation
+    calibration_batch_size: int = 16
+
+    def validate(self) -> None:
+        known = torchvision_classifiers()
+        for arch, weights in self.models.items():
+            check(arch in known, f"models.{arch}", weights, "not a torchvision ImageNet classifier (e.g. "
+                  "resnet18, mobilenet_v3_large, efficientnet_b0, vit_b_16, swin_t)")
+            check_choice(weights, f"models.{arch}", WEIGHTS_CHOICES)
+        check(self.max_images >= 1, "max_images", self.max_images, "must be an integer >= 1")
+        check(is_batch_list(self.batch_sizes), "batch_sizes", self.batch_sizes,
+              "must be a non-empty list of distinct integers >= 1")
+        check(self.warmup >= 0, "warmup", self.warmup, "must be an integer >= 0")
+        check(self.repeats >= 3, "repeats", self.repeats, "must be an integer >= 3 (median and IQR)")
+        check(0 <= self.min_time_s <= 60, "min_time_s", self.min_time_s, "must be seconds in [0, 60]")
+        check(self.threads >= 1, "threads", self.threads, "must be an integer >= 1")
+        check(self.eval_batch_size >= 1, "eval_batch_size", self.eval_batch_size, "must be an integer >= 1")
+        check_distinct(self.static, "static", STATIC_QCONFIGS, non_empty=False)
+        check(self.static_batch_size in self.batch_sizes, "static_batch_size", self.static_batch_size,
+              f"must be one of zoo.batch_sizes {list(self.batch_sizes)} (its FP32 latency is the reference)")
+        check(self.calibration_batches >= 1, "calibration_batches", self.calibration_batches,
+              "must be an integer >= 1")
+        check(self.calibration_batch_size >= 1, "calibration_batch_size", self.calibration_batch_size,
+              "must be an integer >= 1")
+
+    @property
+    def calibration_images(self) -> int:
+        """Never-evaluated images that static INT8 calibrates on."""
+        return self.calibration_batches * self.calibration_batch_size
+
+
+@dataclass(frozen=True)
+class FinetuneParams(Settings):
+    """Fine-tuning a pretrained torchvision classifier on a new data set (CIFAR-100 by default)."""
+
+    arch: str = "resnet18"  # checked where the weights are resolved (`zoo.finetune.resolve_finetune_weights`)
+    weights: str = PRETRAINED  # pretrained (official ImageNet file, never downloaded) | random
+    weights_dir: str | None = None  # null = torch hub's checkpoint folder; then installed packages
+    train_stages: tuple[str, ...] = ("layer3", "layer4", "fc")  # parameter-name prefixes that train
+    data: DataParams = field(default_factory=lambda: DataParams(name="cifar100", root="data/cifar100"))
+    train: TrainParams = field(default_factory=lambda: TrainParams(
+        lr=0.01, augment=AugmentParams(hflip=True, rotation=0.0, random_erasing=0.25)))
+    epochs: int = 10
+    seed: int = 0
+
+    def validate(self) -> None:
+        check_choice(self.weights, "weights", WEIGHTS_CHOICES)
+        check(bool(self.train_stages), "train_stages", self.train_stages,
+              "must name at least one parameter prefix that trains (e.g. fc)")
+        check(self.epochs >= 1, "epochs", self.epochs, "must be an integer >= 1")
+
+
+@dataclass(frozen=True)
+class ZooPipelineParams(Settings):
+    """The whole of pipelines/zoo/params.yaml."""
+
+    zoo: ZooParams = field(default_factory=ZooParams)
+    finetune: FinetuneParams = field(default_factory=FinetuneParams)
