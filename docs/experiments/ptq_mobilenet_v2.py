@@ -8,19 +8,20 @@ import sys, time, warnings
 
 import torch
 warnings.filterwarnings("ignore")
-from edgecompress import zoo, quantize
+from edgecompress.quantize import fx
+from edgecompress.zoo import imagenet, measure, weights
 torch.set_num_threads(2)
-r=zoo.resolve_weights(["mobilenet_v2"], None)["mobilenet_v2"]
-m=zoo.load_pretrained(r)
-s=zoo.imagenet_subset(sys.argv[1] if len(sys.argv) > 1 else "../shared/data/imagenet-sample", zoo.default_imagenet_classes())
-x=zoo.load_images(s.paths, zoo.preprocessing(r))
+r=weights.resolve_weights(["mobilenet_v2"], None)["mobilenet_v2"]
+m=weights.load_pretrained(r)
+s=imagenet.imagenet_subset(sys.argv[1] if len(sys.argv) > 1 else "../shared/data/imagenet-sample", imagenet.default_imagenet_classes())
+x=imagenet.load_images(s.paths, weights.preprocessing(r))
 ev, tg = x[:368], s.targets[:368]
-ref=zoo.predict_all(zoo.inference_predict(m), ev, 50)
-print("fp32", zoo.topk_accuracy(zoo.inference_predict(m), ev, tg, batch_size=50))
+ref=measure.predict_all(measure.inference_predict(m), ev, 50)
+print("fp32", measure.topk_accuracy(measure.inference_predict(m), ev, tg, batch_size=50))
 for be,qc,n in [("x86","default",32),("x86","custom",32),("x86","default",128),("x86","custom",128),("fbgemm","default",32)]:
     t=time.time()
-    q=quantize.quantize_static_fx(m, x[368:368+n], backend=be, qconfig=qc, batch_size=32)
-    with quantize.quant_engine(be):
-        out=zoo.predict_all(zoo.inference_predict(q), ev, 50)
+    q=fx.quantize_static_fx(m, x[368:368+n], backend=be, qconfig=qc, batch_size=32)
+    with fx.quant_engine(be):
+        out=measure.predict_all(measure.inference_predict(q), ev, 50)
     acc=float((out.argmax(1)==torch.tensor(tg)).float().mean())
-    print(be,qc,n, "top1 %.3f"%acc, zoo.fidelity(ref,out), "%.0fs"%(time.time()-t))
+    print(be,qc,n, "top1 %.3f"%acc, measure.fidelity(ref,out), "%.0fs"%(time.time()-t))

@@ -13,6 +13,8 @@ from typing import Callable
 import numpy as np
 import torch
 import torch.nn.functional as F
+from PIL import Image
+from tqdm import tqdm
 
 from edgecompress import EdgecompressError
 from edgecompress.io import read_image
@@ -117,8 +119,6 @@ def _load_cifar(name: str, root: str | None, image_size: int) -> RawData:
 
 def _load_image(path: Path, size: int) -> torch.Tensor:
     """Load as RGB, resize the shorter side to `size`, center crop to size x size; uint8 3 x S x S."""
-    from PIL import Image
-
     img = read_image(path)
     w, h = img.size
     scale = size / min(w, h)
@@ -134,8 +134,6 @@ def _class_dirs(folder: Path) -> list[Path]:
 
 
 def _load_tree(folder: Path, classes: list[str], image_size: int) -> tuple[torch.Tensor, torch.Tensor]:
-    from tqdm import tqdm
-
     items: list[tuple[Path, int]] = []
     for cdir in _class_dirs(folder):
         if cdir.name not in classes:

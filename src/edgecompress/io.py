@@ -10,11 +10,13 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Any, Iterator
 
 import torch
+from PIL import Image
 
 from edgecompress import EdgecompressError, first_line
 
@@ -71,8 +73,6 @@ def atomic_dir(path: str | Path) -> Iterator[Path]:
     """A fresh temporary directory beside `path` to fill; on success it replaces `path` (the previous
     directory is removed only after the new one is in place), on error it is deleted and `path` is
     left as it was."""
-    import shutil
-
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
@@ -151,8 +151,6 @@ def read_image(path: str | Path) -> Any:
     Raises:
         EdgecompressError: naming the file when it is unreadable, truncated or not an image.
     """
-    from PIL import Image
-
     try:
         with Image.open(path) as image:
             return image.convert("RGB")

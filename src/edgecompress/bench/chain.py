@@ -23,6 +23,7 @@ from typing import Any, Callable, Sequence
 
 import torch
 import torch.nn as nn
+from tqdm.auto import tqdm
 
 from edgecompress import EdgecompressError, first_line
 from edgecompress.bench.config import BenchConfig
@@ -263,8 +264,6 @@ def run_benchmark(specs: Sequence[VariantSpec], skipped: dict[str, dict[str, Any
     Quantized artifacts carry no op counter, so they get params/MACs of the model they were made from
     (`pruned`): the work per image is the same, done in another precision.
     """
-    from tqdm.auto import tqdm
-
     if config.device == "cuda" and not torch.cuda.is_available():
         raise EdgecompressError("bench.device='cuda' but no CUDA device is available here: use bench.device: cpu")
     roofline = gemm_roofline(threads=config.threads, device=config.device)

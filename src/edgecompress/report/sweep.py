@@ -8,6 +8,7 @@ accuracy-latency cloud of all experiments.
 
 from __future__ import annotations
 
+import json
 import subprocess
 from pathlib import Path
 from typing import Any, Iterator
@@ -31,8 +32,6 @@ KNOBS = (("distill", "alpha"), ("distill", "temperature"), ("prune", "ratio"))
 
 def exp_show_json(repo: str | Path = ".") -> list[dict[str, Any]]:
     """`dvc exp show --json` of `repo`, parsed."""
-    import json
-
     proc = subprocess.run(["dvc", "exp", "show", "--json"], cwd=repo, capture_output=True, text=True, check=False)
     if proc.returncode != 0:
         raise EdgecompressError(f"dvc exp show --json failed in {repo}: {proc.stderr.strip().splitlines()[-1:]}")
