@@ -178,7 +178,7 @@ def test_nms_suppresses_same_class_only_and_applies_limits():
     assert top["scores"].tolist() == pytest.approx([0.9, 0.7])
     empty = dm.nms(boxes, scores, labels, iou_threshold=0.5, conf_threshold=0.95, max_det=10)
     assert empty["boxes"].shape == (0, 4) and empty["labels"].dtype == torch.long
-    with pytest.raises(EdgecompressError, match=r"iou_threshold=1.5: expected a number in \[0, 1\]"):
+    with pytest.raises(EdgecompressError, match=r"iou_threshold=1.5 is invalid: must be a number in \[0, 1\]"):
         dm.nms(boxes, scores, labels, iou_threshold=1.5, conf_threshold=0.25, max_det=10)
     with pytest.raises(EdgecompressError, match="conf_threshold=-0.1"):
         dm.nms(boxes, scores, labels, iou_threshold=0.5, conf_threshold=-0.1, max_det=10)

@@ -26,6 +26,7 @@ import torch
 import torchvision
 
 from edgecompress import EdgecompressError
+from edgecompress.config import check
 from edgecompress.detection.data import DetectionDataset, ImageAnnotation
 
 AGREEMENT_KEYS = ("map", "map_50", "map_75", "mar_100")
@@ -54,10 +55,10 @@ def nms(boxes: torch.Tensor, scores: torch.Tensor, labels: torch.Tensor, *, iou_
         EdgecompressError: a threshold outside [0, 1] or `max_det` not a positive integer.
     """
     for name, value in (("iou_threshold", iou_threshold), ("conf_threshold", conf_threshold)):
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value <= 1.0:
-            raise EdgecompressError(f"nms {name}={value!r}: expected a number in [0, 1]")
-    if isinstance(max_det, bool) or not isinstance(max_det, int) or max_det < 1:
-        raise EdgecompressError(f"nms max_det={max_det!r}: expected a positive integer")
+        check(isinstance(value, (int, float)) and not isinstance(value, bool) and 0.0 <= value <= 1.0,
+              f"nms {name}", value, "must be a number in [0, 1]")
+    check(isinstance(max_det, int) and not isinstance(max_det, bool) and max_det >= 1, "nms max_det", max_det,
+          "must be an integer >= 1")
     boxes = torch.as_tensor(boxes, dtype=torch.float32).reshape(-1, 4)
     scores = torch.as_tensor(scores, dtype=torch.float32).reshape(-1)
     labels = torch.as_tensor(labels, dtype=torch.int64).reshape(-1)

@@ -13,6 +13,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 from edgecompress import EdgecompressError  # noqa: E402
+from edgecompress.config import check  # noqa: E402
 from edgecompress.detection.data import DetectionDataset, ImageAnnotation  # noqa: E402
 from edgecompress.detection.metrics import Prediction, check_lengths, prediction_arrays, target_arrays  # noqa: E402
 from edgecompress.io import read_image  # noqa: E402
@@ -81,8 +82,8 @@ def write_visualizations(ds: DetectionDataset, preds: Sequence[Prediction], out_
         The PNG paths written, in data set order.
     """
     check_lengths(preds, ds.images)
-    if isinstance(max_images, bool) or not isinstance(max_images, int) or max_images < 0:
-        raise EdgecompressError(f"visualization max_images={max_images!r}: expected an integer >= 0")
+    check(isinstance(max_images, int) and not isinstance(max_images, bool) and max_images >= 0,
+          "visualization max_images", max_images, "must be an integer >= 0")
     out_dir = Path(out_dir)
     written: list[Path] = []
     used_stems: set[str] = set()

@@ -11,6 +11,7 @@ from typing import Iterable, Iterator, Sequence
 import torch
 
 from edgecompress import EdgecompressError
+from edgecompress.config import check
 
 log = logging.getLogger("edgecompress.quantize")
 
@@ -52,8 +53,7 @@ def quiet() -> Iterator[None]:
 
 def calibration_tensors(loader: Iterable, num_samples: int) -> torch.Tensor:
     """Concatenate the first `num_samples` images of a DataLoader yielding `(x, y)` batches."""
-    if num_samples < 1:
-        raise EdgecompressError(f"quantize.calibration_samples={num_samples} is invalid: must be an integer >= 1")
+    check(num_samples >= 1, "quantize.calibration_samples", num_samples, "must be an integer >= 1")
     chunks, count = [], 0
     for batch in loader:
         images = batch[0] if isinstance(batch, (tuple, list)) else batch

@@ -32,6 +32,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from edgecompress import EdgecompressError
+from edgecompress.config import check_choice
 from edgecompress.io import atomic_write
 from edgecompress.quantize.common import BackendUnsupported, batches, quiet
 
@@ -101,8 +102,7 @@ def quantize_static_fx(model: nn.Module, calib: torch.Tensor | Sequence[torch.Te
     Raises:
         BackendUnsupported: engine not in this torch build.
     """
-    if qconfig not in ("default", "custom"):
-        raise EdgecompressError(f"qconfig='{qconfig}' is invalid; allowed: default, custom")
+    check_choice(qconfig, "qconfig", ("default", "custom"))
     with quant_engine(backend), quiet(), torch.no_grad():
         from torch.ao.quantization import get_default_qconfig_mapping
         from torch.ao.quantization.quantize_fx import convert_fx, prepare_fx

@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from edgecompress import EdgecompressError
-from edgecompress.config import check_choice
+from edgecompress.config import check, check_choice
 from edgecompress.models import ARCHITECTURES, arch_config
 from edgecompress.zoo.weights import PRETRAINED, ResolvedWeights, load_pretrained, resolve_weights
 
@@ -61,8 +61,8 @@ def replace_head(model: nn.Module, num_classes: int) -> nn.Module:
     because its 1,000 outputs stand for other classes. The new layer is initialised from torch's global
     RNG (seed it for a reproducible head).
     """
-    if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
-        raise EdgecompressError(f"num_classes={num_classes!r}: expected an integer >= 1")
+    check(isinstance(num_classes, int) and not isinstance(num_classes, bool) and num_classes >= 1,
+          "num_classes", num_classes, "must be an integer >= 1")
     name = _head_name(model)
     old = model.get_submodule(name)
     new = nn.Linear(old.in_features, num_classes, bias=old.bias is not None,
