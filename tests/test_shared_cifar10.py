@@ -23,7 +23,7 @@ def test_first_stages_on_real_cifar10_images(repo_copy):
         "train": {"augment": {"hflip": True}},
         "teacher": {"epochs": 3}, "student": {"epochs": 3},
     })
-    run(["dvc", "repro", "distill"], repo)
+    proc = run(["dvc", "repro", "distill"], repo)
     meta = json.loads((repo / "data" / "prepared" / "meta.json").read_text())
     assert meta["name"] == "imagefolder" and meta["num_classes"] == 10 and meta["split_source"] == "carved"
     assert meta["classes"][0] == "airplane" and sum(meta["splits"].values()) == 2000
@@ -32,4 +32,4 @@ def test_first_stages_on_real_cifar10_images(repo_copy):
         # 3 short epochs on 1,400 training images: far from converged (measured here: teacher 0.28,
         # distilled width-0.25 student 0.17), but above chance (0.10) on real data.
         assert 0.12 < metrics["accuracy"] <= 1.0, metrics
-    assert not (repo / "metrics" / "student_baseline.json").exists()  # only distill's upstream ran
+    assert "Running stage 'student_baseline'" not in proc.stdout  # only distill's upstream ran
