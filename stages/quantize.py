@@ -17,11 +17,10 @@ from edgecompress.io import file_size_mb, write_json
 from edgecompress.models import load_checkpoint
 from edgecompress.params import Params
 from edgecompress.quantize import fx
-from edgecompress.quantize.artifacts import (artifact_path, build_variant, measure_variant, quality_targets,
-                                             weights_payload_bytes)
+from edgecompress.quantize.artifacts import (artifact_path, build_variant, max_abs_logit_diff, measure_variant,
+                                             quality_targets, weights_payload_bytes)
 from edgecompress.quantize.common import BackendUnsupported, calibration_tensors
-from edgecompress.quantize.config import variant_names
-from edgecompress.quantize.onnx import onnx_max_abs_diff
+from edgecompress.quantize.config import VARIANTS, variant_names
 from edgecompress.runtime import seed_everything
 from edgecompress.stage import log, open_live, read_training_params, run_stage, stage_args
 from edgecompress.train import evaluate, fit
@@ -83,8 +82,8 @@ def main() -> None:
         results[name] = measure_variant(variant, evaluate_fn=evaluate_fn, fp32=fp32, fp32_size_mb=fp32_mb)
         if name == "qat":
             results[name]["processes"] = distributed.world_size()  # data-parallel QAT ranks
-        if name == "onnx_fp32":
-            results[name]["max_abs_logit_diff_vs_torch"] = onnx_max_abs_diff(variant.path, model, calib[:64])
+        if VARIANTS[name].fp32:  # an FP32 export must compute what the torch model computes
+            results[name]["max_abs_logit_diff_vs_torch"] = max_abs_logit_diff(variant.path, model, calib[:64])
         log.info("%s: accuracy %.4f (FP32 %.4f), %.3f MB", name, results[name]["accuracy"], fp32["accuracy"],
                  results[name]["size_mb"])
     write_json(args.metrics, {"variants": results, "targets": quality_targets(results), "config": cfg.to_dict()})

@@ -231,6 +231,23 @@ def test_benchmark_variant_torchscript_and_onnx(tiny_variant: tuple[Path, Path, 
     assert isinstance(json.loads(Path(ort["profile"]["trace"]).read_text()), list)
 
 
+def test_benchmark_variant_openvino(tiny_variant: tuple[Path, Path, nn.Module], tmp_path: Path) -> None:
+    """An OpenVINO IR: timed with the same timer, its size is .xml + .bin, profiled by its own counters."""
+    from edgecompress.quantize.openvino import convert_to_openvino
+
+    prepared, ckpt, model = tiny_variant
+    convert_to_openvino(model, torch.randn(2, 3, 32, 32), tmp_path / "fp32.xml")
+    config = BenchConfig(**{**TINY.to_dict(), "batch_sizes": (2,), "profile": True})
+    ov = benchmark_variant(VariantSpec("ov", str(tmp_path / "fp32.xml"), "openvino", "quantize"),
+                           prepared_dir=prepared, config=config, profile_dir=tmp_path / "prof")
+    eager = benchmark_variant(VariantSpec("tiny", str(ckpt), "checkpoint", "test"), prepared_dir=prepared, config=TINY)
+    assert ov["format"].startswith("openvino") and ov["accuracy"] == eager["accuracy"]
+    on_disk = (tmp_path / "fp32.xml").stat().st_size + (tmp_path / "fp32.bin").stat().st_size
+    assert ov["size_mb"] == pytest.approx(on_disk / 1e6, abs=1e-4) and ov["latency_ms"]["2"]["median"] > 0
+    assert ov["profile"]["source"] == "openvino performance counters" and ov["profile"]["top_ops"]
+    assert "Convolution" in Path(ov["profile"]["table"]).read_text()
+
+
 def test_isolated_failure_reports_child_error(tiny_variant: tuple[Path, Path, nn.Module], tmp_path: Path) -> None:
     prepared, _, _ = tiny_variant
     spec = VariantSpec("missing", str(tmp_path / "nope.pt"), "checkpoint", "prune")

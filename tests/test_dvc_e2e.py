@@ -14,7 +14,7 @@ pytestmark = pytest.mark.slow
 
 TRAIN_STAGES = ("teacher", "student_baseline", "distill", "prune")
 QUANT_VARIANTS = ("ptq_x86", "ptq_fbgemm", "ptq_qnnpack", "ptq_custom", "dynamic", "fp16", "qat", "onnx_fp32",
-                  "onnx_int8")
+                  "onnx_int8", "openvino_fp32", "openvino_int8")
 
 
 def read_metrics(repo, name):

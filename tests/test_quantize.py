@@ -22,11 +22,11 @@ from edgecompress import EdgecompressError
 from edgecompress.params import parse_params
 from edgecompress.quantize import common as qcommon
 from edgecompress.quantize import config as qconfig
-from edgecompress.quantize import fx, onnx
+from edgecompress.quantize import artifacts, fx, onnx, openvino
 from edgecompress.models import build_model
 
 NUM_CLASSES = 10
-INT8_VARIANTS = ("ptq_x86", "ptq_fbgemm", "ptq_qnnpack", "ptq_custom", "qat", "onnx_int8")
+INT8_VARIANTS = ("ptq_x86", "ptq_fbgemm", "ptq_qnnpack", "ptq_custom", "qat", "onnx_int8", "openvino_int8")
 
 
 def _sample(prototypes: torch.Tensor, n: int, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
@@ -108,6 +108,10 @@ def variants(setup, tmp_path_factory) -> dict:
     onnx.quantize_onnx_static(out / "onnx_fp32.onnx", out / "onnx_int8.onnx", calib)
     result["onnx_fp32"] = (None, out / "onnx_fp32.onnx")
     result["onnx_int8"] = (None, out / "onnx_int8.onnx")
+    converted = openvino.convert_to_openvino(model, example, out / "openvino_fp32.xml")
+    openvino.quantize_openvino(converted, calib, out / "openvino_int8.xml", batch_size=64)
+    result["openvino_fp32"] = (None, out / "openvino_fp32.xml")
+    result["openvino_int8"] = (None, out / "openvino_int8.xml")
     result["_qat_prepared"] = qat
     return result
 
@@ -115,7 +119,7 @@ def variants(setup, tmp_path_factory) -> dict:
 def _logits(variants: dict, name: str, batch: torch.Tensor) -> torch.Tensor:
     module, path = variants[name]
     if module is None:
-        return onnx.run_onnx(path, batch)
+        return artifacts.load_artifact(path)(batch)
     engine = getattr(module, "quant_engine", None)
     with (fx.quant_engine(engine) if engine else torch.no_grad()), torch.no_grad():
         return module(batch)
@@ -185,22 +189,37 @@ def test_fp16_takes_float32_input(setup, variants):
         assert variants["fp16"][0].model.fc.weight.dtype == torch.float16
 
 
+def test_openvino_fp32_matches_pytorch_and_int8_is_int8(setup, variants):
+    assert artifacts.max_abs_logit_diff(variants["openvino_fp32"][1], setup["model"], setup["batch"]) < 1e-4
+    assert openvino.openvino_layer_summary(variants["openvino_fp32"][1]) == {
+        "quantized": 0, "float": 22, "quantized_layers": {}, "float_layers": {"Convolution": 21, "MatMul": 1}}
+    int8 = openvino.openvino_layer_summary(variants["openvino_int8"][1])
+    assert int8["quantized"] == 22 and int8["float"] == 0  # every conv and the classifier on INT8 weights
+    fp32_bin, int8_bin = (openvino.openvino_weights_bytes(variants[n][1]) for n in ("openvino_fp32", "openvino_int8"))
+    assert int8_bin < 0.35 * fp32_bin  # int8 weights plus per-channel scales
+
+
 def test_onnx_fp32_matches_pytorch(setup, variants):
-    assert onnx.onnx_max_abs_diff(variants["onnx_fp32"][1], setup["model"], setup["batch"]) < 1e-4
+    assert artifacts.max_abs_logit_diff(variants["onnx_fp32"][1], setup["model"], setup["batch"]) < 1e-4
     # Exporter stack traces are stripped, so the artifact's hash does not depend on the checkout path.
     assert b"models.py" not in variants["onnx_fp32"][1].read_bytes()
 
 
 def test_artifacts_reload_in_bare_python(setup, variants, tmp_path):
-    """Each artifact loads with torch.jit.load / onnxruntime alone and reproduces in-process logits."""
+    """Each artifact loads with torch.jit.load / onnxruntime / openvino alone and reproduces in-process logits."""
     names = [n for n in variants if not n.startswith("_")]
     expected = {n: _logits(variants, n, setup["batch"]) for n in names}
     torch.save(setup["batch"], tmp_path / "batch.pt")
     paths = {n: str(variants[n][1]) for n in names}
     script = textwrap.dedent(f"""
-        import json, sys, zipfile, torch, onnxruntime
+        import json, sys, zipfile, torch, onnxruntime, openvino
         paths, batch, out = json.loads({json.dumps(json.dumps(paths))}), torch.load("batch.pt"), {{}}
         for name, path in paths.items():
+            if path.endswith(".xml"):
+                # f32: the CPU plugin would run float parts in bf16 on a CPU with AVX512-BF16
+                compiled = openvino.Core().compile_model(path, "CPU", {{"INFERENCE_PRECISION_HINT": "f32"}})
+                out[name] = torch.from_numpy(compiled(batch.numpy())[0].copy())
+                continue
             if path.endswith(".onnx"):
                 sess = onnxruntime.InferenceSession(path, providers=["CPUExecutionProvider"])
                 out[name] = torch.from_numpy(sess.run(None, {{sess.get_inputs()[0].name: batch.numpy()}})[0])
@@ -236,8 +255,9 @@ def test_torchscript_metadata_and_loader(variants):
 
 def test_artifact_dir_has_no_temp_files(variants):
     directory = variants["onnx_fp32"][1].parent
-    assert sorted(p.name for p in directory.iterdir()) == sorted(
-        p.name for n, (_, p) in ((n, v) for n, v in variants.items() if not n.startswith("_")))
+    written = [p for n, (_, p) in ((n, v) for n, v in variants.items() if not n.startswith("_"))]
+    written += [p.with_suffix(".bin") for p in written if p.suffix == ".xml"]  # an IR's weights file
+    assert sorted(p.name for p in directory.iterdir()) == sorted(p.name for p in written)
 
 
 def test_qat_freeze_helpers(variants):

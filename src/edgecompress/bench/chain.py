@@ -28,11 +28,12 @@ from tqdm.auto import tqdm
 from edgecompress import EdgecompressError, first_line
 from edgecompress.bench.config import BenchConfig
 from edgecompress.bench.environment import achieved_fraction, environment_fingerprint, gemm_roofline
-from edgecompress.bench.profile import OrtPredict, profile_ops
+from edgecompress.bench.profile import OpenVINOPredict, OrtPredict, profile_ops
 from edgecompress.bench.timing import latency_sweep, peak_rss_mb, sig, take_batch
 from edgecompress.classifier import EVAL_BATCH_SIZE
 from edgecompress.data import load_meta, load_split, make_loader, normalize_transform
 from edgecompress.models import count_layer_macs, count_params, load_checkpoint
+from edgecompress.quantize.artifacts import artifact_bytes
 from edgecompress.quantize.config import VARIANTS, is_int8_variant
 from edgecompress.quantize.fx import load_torchscript
 from edgecompress.runtime import timing_device
@@ -40,7 +41,8 @@ from edgecompress.train import evaluate
 
 log = logging.getLogger(__name__)
 
-KINDS = ("checkpoint", "torchscript", "onnx", "compiled", "half")
+KINDS = ("checkpoint", "torchscript", "onnx", "openvino", "compiled", "half")
+KIND_OF_RUNTIME = {"torch": "torchscript", "onnxruntime": "onnx", "openvino": "openvino"}  # quantize artifacts
 # torch.ao INT8 kernels (fbgemm/x86/qnnpack) and the ONNX Runtime CPU provider run on the CPU only
 CPU_ONLY_REASON = ("CPU-only artifact ({what}); set bench.device: cpu to measure it, "
                    "on CUDA the FP16 counterpart is pruned_fp16")
@@ -57,7 +59,7 @@ class VariantSpec:
 
     name: str   # e.g. "teacher", "pruned", "ptq_x86", "onnx_int8", "pruned_compiled"
     path: str   # artifact on disk
-    kind: str   # "checkpoint" | "torchscript" | "onnx" | "compiled" (checkpoint + torch.compile) | "half" (checkpoint in fp16)
+    kind: str   # "checkpoint" | "torchscript" | "onnx" | "openvino" | "compiled" (checkpoint + torch.compile) | "half" (checkpoint in fp16)
     stage: str  # producing stage, for the report
 
     def __post_init__(self) -> None:
@@ -100,10 +102,12 @@ def load_predict(spec: VariantSpec, *, threads: int, example: torch.Tensor | Non
     dev = timing_device(device)
     if not Path(spec.path).is_file():
         raise EdgecompressError(f"{spec.path}: artifact of variant {spec.name} not found (run stage {spec.stage})")
-    if dev.type != "cpu" and spec.kind in ("onnx", "torchscript"):
+    if dev.type != "cpu" and spec.kind in ("onnx", "openvino", "torchscript"):
         raise EdgecompressError(f"variant {spec.name}: " + CPU_ONLY_REASON.format(what=spec.kind))
     if spec.kind == "onnx":
         return OrtPredict(spec.path, threads), {"format": "onnx (onnxruntime CPUExecutionProvider)"}
+    if spec.kind == "openvino":
+        return OpenVINOPredict(spec.path, threads), {"format": "openvino IR (CPU plugin)"}
     if spec.kind == "torchscript":
         module = load_torchscript(spec.path).eval()
         info = {"format": f"torchscript (quantized engine {torch.backends.quantized.engine})"}
@@ -177,7 +181,7 @@ def benchmark_variant(spec: VariantSpec, *, prepared_dir: str | Path, config: Be
     result: dict[str, Any] = {
         "name": spec.name, "stage": spec.stage, "kind": spec.kind, "format": info["format"],
         "artifact": str(spec.path), "accuracy": accuracy, "params": params, "macs": macs,
-        "size_mb": round(os.path.getsize(spec.path) / 1e6, 4), **sweep, "threads": config.threads}
+        "size_mb": round(artifact_bytes(spec.path) / 1e6, 4), **sweep, "threads": config.threads}
     if "compile_s" in info:
         result["compile_s"] = info["compile_s"]
     if config.profile and profile_dir is not None:
@@ -248,7 +252,7 @@ def chain_variants(*, models_dir: str | Path, quantized_dir: str | Path, quantiz
         if "skipped" in entry:
             skipped[name] = {"stage": "quantize", "skipped": entry["skipped"]}
             continue
-        kind = "onnx" if VARIANTS[name].runtime == "onnxruntime" else "torchscript"
+        kind = KIND_OF_RUNTIME[VARIANTS[name].runtime]
         if cuda:
             skipped[name] = {"stage": "quantize", "skipped": CPU_ONLY_REASON.format(what=kind)}
             continue

@@ -4,6 +4,7 @@ roofline (the practical compute ceiling that achieved GMAC/s are compared with).
 from __future__ import annotations
 
 import contextlib
+import importlib.metadata
 import os
 import platform
 import warnings
@@ -111,9 +112,9 @@ def _cpu_model() -> str:
 
 def environment_fingerprint(threads: int, device: str = "cpu") -> dict[str, Any]:
     """Hardware and software the numbers were measured with (recorded next to them)."""
-    def version(module: str) -> str | None:
-        with contextlib.suppress(Exception):
-            return __import__(module).__version__
+    def version(package: str) -> str | None:  # installed version, read without importing the package
+        with contextlib.suppress(importlib.metadata.PackageNotFoundError):
+            return importlib.metadata.version(package)
         return None
 
     cuda = None
@@ -122,6 +123,7 @@ def environment_fingerprint(threads: int, device: str = "cpu") -> dict[str, Any]
     return {"cpu": _cpu_model(), "logical_cores": os.cpu_count(), "threads": threads,
             "python": platform.python_version(), "platform": platform.platform(), "torch": torch.__version__,
             "torchvision": version("torchvision"), "onnxruntime": version("onnxruntime"),
+            "openvino": version("openvino"), "nncf": version("nncf"),
             "quantized_engine": torch.backends.quantized.engine,
             "quantized_engines": list(torch.backends.quantized.supported_engines),
             "cuda": cuda, "device": device}

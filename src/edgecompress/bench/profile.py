@@ -1,4 +1,6 @@
-"""Per-operator profiles: where a model's time goes, as a text table and a Chrome trace."""
+"""Per-operator profiles: where a model's time goes, as a text table and (torch, ONNX Runtime) a Chrome
+trace. Each runtime is profiled by its own profiler: torch.profiler, ONNX Runtime's, OpenVINO's
+performance counters."""
 
 from __future__ import annotations
 
@@ -12,6 +14,7 @@ import torch
 
 from edgecompress.io import atomic_path, publish, write_text
 from edgecompress.quantize.onnx import OnnxModel, ort_session
+from edgecompress.quantize.openvino import OpenVINOModel, cpu_config
 
 
 class OrtPredict:
@@ -26,7 +29,17 @@ class OrtPredict:
         return self.runner.forward(x)  # forward, not __call__: no module hooks inside the timed region
 
 
-# Op profiles
+class OpenVINOPredict:
+    """An OpenVINO predictor (x -> logits) that remembers its IR path and threads, for `profile_ops`."""
+
+    def __init__(self, path: str, threads: int) -> None:
+        self.path, self.threads = path, threads
+        self.runner = OpenVINOModel(path, threads=threads)
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        return self.runner.forward(x)  # forward, not __call__: no module hooks inside the timed region
+
+
 def profile_ops(predict: Callable[[torch.Tensor], Any], inputs: torch.Tensor, out_dir: str | Path, name: str,
                 *, top: int = 25, warmup: int = 3, iterations: int = 5) -> dict[str, Any]:
     """Per-op time of `predict` on `inputs`: `<name>_ops.txt` (op table) + `<name>_trace.json` (Chrome
@@ -43,6 +56,8 @@ def profile_ops(predict: Callable[[torch.Tensor], Any], inputs: torch.Tensor, ou
     table_path, trace_path = out_dir / f"{name}_ops.txt", out_dir / f"{name}_trace.json"
     if isinstance(predict, OrtPredict):
         return _profile_ort(predict, inputs, table_path, trace_path, top=top, warmup=warmup, iterations=iterations)
+    if isinstance(predict, OpenVINOPredict):
+        return _profile_openvino(predict, inputs, table_path, top=top, warmup=warmup, iterations=iterations)
     from torch.profiler import ProfilerActivity, profile
 
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if inputs.is_cuda else [])
@@ -104,3 +119,35 @@ def _profile_ort(predict: OrtPredict, inputs: torch.Tensor, table_path: Path, tr
     return {"table": str(table_path), "trace": str(trace_path), "source": "onnxruntime profiler",
             "iterations": n, "top_ops": top_ops}
 
+
+
+def _profile_openvino(predict: OpenVINOPredict, inputs: torch.Tensor, table_path: Path, *, top: int, warmup: int,
+                      iterations: int) -> dict[str, Any]:
+    """OpenVINO's per-node performance counters (a separate compilation with PERF_COUNT on), summed by
+    node type and the kernel that ran it (e.g. `jit_avx512_amx_I8`); OpenVINO writes no trace."""
+    import openvino as ov
+
+    compiled = ov.Core().compile_model(predict.path, "CPU", cpu_config(predict.threads, PERF_COUNT=True))
+    request = compiled.create_infer_request()
+    feed = [inputs.float().contiguous().numpy()]
+    for _ in range(warmup):
+        request.infer(feed)
+    ops: dict[str, list[float]] = {}
+    for _ in range(iterations):
+        request.infer(feed)
+        for info in request.profiling_info:  # this call's counters
+            if info.status.name == "EXECUTED":
+                entry = ops.setdefault(f"{info.node_type} ({info.exec_type})", [0.0, 0])
+                entry[0] += info.real_time.total_seconds() * 1e3
+                entry[1] += 1
+    ranked = sorted(ops.items(), key=lambda kv: kv[1][0], reverse=True)
+    total = sum(v[0] for v in ops.values()) or 1.0
+    lines = [f"OpenVINO per-node time (performance counters), mean of {iterations} runs after {warmup} warm-up",
+             f"{'node type (kernel)':<44}{'ms/run':>10}{'%':>8}{'nodes/run':>11}"]
+    lines += [f"{k:<44}{v[0] / iterations:>10.4f}{100 * v[0] / total:>8.1f}{v[1] / iterations:>11.1f}"
+              for k, v in ranked[:top]]
+    write_text(table_path, "\n".join(lines) + "\n")
+    top_ops = [{"name": k, "self_cpu_ms": round(v[0] / iterations, 5), "calls": v[1] / iterations}
+               for k, v in ranked[:5]]
+    return {"table": str(table_path), "trace": None, "source": "openvino performance counters",
+            "iterations": iterations, "top_ops": top_ops}

@@ -1,6 +1,6 @@
 """Variants as artifacts: each registry entry (`config.VARIANTS`) built by its builder, written as a
-self-contained file (TorchScript or ONNX, loadable without edgecompress), reloaded from disk and
-measured there, never in memory.
+self-contained file (TorchScript, ONNX or OpenVINO IR, loadable without edgecompress), reloaded from
+disk and measured there, never in memory.
 
 A builder is a function registered with `@builder("<name>")`:
 `build(model, *, calib, config, path, qat_train, **options) -> (torch model or None, extra settings)`.
@@ -20,8 +20,8 @@ import torch.nn as nn
 
 from edgecompress import EdgecompressError
 from edgecompress.goals import target
-from edgecompress.quantize import fx, onnx
-from edgecompress.quantize.config import VARIANTS, QuantizeConfig
+from edgecompress.quantize import fx, onnx, openvino
+from edgecompress.quantize.config import RUNTIME_SUFFIX, VARIANTS, QuantizeConfig
 
 Builder = Callable[..., tuple[nn.Module | None, dict[str, Any]]]
 BUILDERS: dict[str, Builder] = {}
@@ -79,6 +79,52 @@ def _onnx_static(model, *, calib, config, path, qat_train):
     return None, {}
 
 
+@builder("openvino_convert")
+def _openvino_convert(model, *, calib, config, path, qat_train):
+    openvino.convert_to_openvino(model, calib[:2], path)
+    return None, {}
+
+
+@builder("openvino_nncf")
+def _openvino_nncf(model, *, calib, config, path, qat_train):
+    fp32 = artifact_path(path.parent, "openvino_fp32")  # quantize the FP32 IR when it was built already
+    source = fp32 if fp32.is_file() else openvino.convert_to_openvino(model, calib[:2], path.with_name(".fp32.xml"))
+    settings = config.openvino
+    openvino.quantize_openvino(source, calib, path, batch_size=config.calibration_batch_size,
+                               preset=settings.preset, fast_bias_correction=settings.fast_bias_correction,
+                               model_type=settings.model_type, ignored_scope=settings.ignored_scope.to_dict(),
+                               subset_size=settings.subset_size)
+    for leftover in (path.with_name(".fp32.xml"), path.with_name(".fp32.bin")):
+        leftover.unlink(missing_ok=True)
+    return None, {}
+
+
+@dataclass(frozen=True)
+class _Runtime:
+    """How an artifact of one file type is loaded and inspected."""
+
+    load: Callable[[Path], Any]
+    layers: Callable[[Path], dict[str, Any]] | None  # None: counted on the torch model it was saved from
+    weights_bytes: Callable[[Path], int]
+    size_bytes: Callable[[Path], int]
+
+
+_RUNTIMES = {
+    RUNTIME_SUFFIX["torch"]: _Runtime(fx.load_torchscript, None, fx.torchscript_weights_bytes, os.path.getsize),
+    RUNTIME_SUFFIX["onnxruntime"]: _Runtime(onnx.OnnxModel, onnx.onnx_layer_summary, onnx.onnx_weights_bytes,
+                                            os.path.getsize),
+    RUNTIME_SUFFIX["openvino"]: _Runtime(openvino.OpenVINOModel, openvino.openvino_layer_summary,
+                                         openvino.openvino_weights_bytes, openvino.openvino_artifact_bytes),
+}
+
+
+def _runtime(path: str | Path) -> _Runtime:
+    suffix = Path(path).suffix
+    if suffix not in _RUNTIMES:
+        raise EdgecompressError(f"{path}: not a variant artifact (expected {', '.join(_RUNTIMES)})")
+    return _RUNTIMES[suffix]
+
+
 def artifact_path(out_dir: str | Path, name: str) -> Path:
     """Where variant `name` is written (the file type follows its runtime); "fp32" is the float model
     as TorchScript, the size reference."""
@@ -118,19 +164,34 @@ def build_variant(name: str, model: nn.Module, *, calib: torch.Tensor, config: Q
 
 
 def load_artifact(path: str | Path) -> Any:
-    """Reload a variant from disk (TorchScript or ONNX) as a callable x -> logits."""
-    return onnx.OnnxModel(path) if str(path).endswith(".onnx") else fx.load_torchscript(path)
+    """Reload a variant from disk (TorchScript, ONNX or OpenVINO IR) as a callable x -> logits."""
+    return _runtime(path).load(Path(path))
+
+
+def max_abs_logit_diff(path: str | Path, model: nn.Module, inputs: torch.Tensor) -> float:
+    """Max |logit difference| between an artifact reloaded from disk and the torch model on `inputs`
+    (an FP32 export's fidelity)."""
+    with torch.no_grad():
+        reference = model.eval()(inputs)
+        return float((load_artifact(path)(inputs) - reference).abs().max())
 
 
 def artifact_layer_summary(path: str | Path, built: nn.Module | None) -> dict[str, Any]:
-    """Quantized vs float compute layers: from the torch model, or from the ONNX graph."""
-    return fx.layer_summary(built) if built is not None else onnx.onnx_layer_summary(path)
+    """Quantized vs float compute layers: from the torch model it was saved from, or from the graph."""
+    layers = _runtime(path).layers
+    return fx.layer_summary(built) if layers is None else layers(Path(path))
 
 
 def weights_payload_bytes(path: str | Path) -> int:
     """Bytes of tensor data inside an artifact: on tiny models the file size is dominated by
     serialized code, so this shows the weight compression."""
-    return onnx.onnx_weights_bytes(path) if str(path).endswith(".onnx") else fx.torchscript_weights_bytes(path)
+    return _runtime(path).weights_bytes(Path(path))
+
+
+def artifact_bytes(path: str | Path) -> int:
+    """A file's size on disk; for an OpenVINO IR, its `.xml` and `.bin` together."""
+    runtime = _RUNTIMES.get(Path(path).suffix)
+    return runtime.size_bytes(Path(path)) if runtime else os.path.getsize(path)
 
 
 def measure_variant(variant: BuiltVariant, *, evaluate_fn: Any, fp32: dict[str, Any],
@@ -144,7 +205,7 @@ def measure_variant(variant: BuiltVariant, *, evaluate_fn: Any, fp32: dict[str, 
     """
     path = variant.path
     test = evaluate_fn(load_artifact(path))
-    size = os.path.getsize(path) / 1e6
+    size = artifact_bytes(path) / 1e6
     return {
         "accuracy": round(test["accuracy"], 6),
         "accuracy_delta_points": round(100 * (test["accuracy"] - fp32["accuracy"]), 3),

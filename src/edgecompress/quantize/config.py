@@ -14,10 +14,10 @@ import math
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-from edgecompress.config import Settings, check, check_distinct
+from edgecompress.config import Settings, check, check_choice, check_distinct
 
 STATIC_BACKENDS = ("x86", "fbgemm", "qnnpack")  # torch.ao quantized engines of the static PTQ variants
-RUNTIME_SUFFIX = {"torch": ".ts", "onnxruntime": ".onnx"}  # artifact file type per runtime
+RUNTIME_SUFFIX = {"torch": ".ts", "onnxruntime": ".onnx", "openvino": ".xml"}  # artifact file type per runtime
 ONNX_OPSET = 18
 
 
@@ -75,6 +75,13 @@ VARIANTS: dict[str, Variant] = {  # in report order
         "onnx_static", "onnxruntime", int8=True,
         describe=lambda c: {"method": "ONNX Runtime static quantization", "format": "QDQ", "per_channel": True,
                             "weights": "int8", "activations": "uint8", **_calibrated(c)}),
+    "openvino_fp32": Variant(
+        "openvino_convert", "openvino", int8=False, fp32=True,
+        describe=lambda c: {"method": "OpenVINO conversion (ov.convert_model), FP32 IR"}),
+    "openvino_int8": Variant(
+        "openvino_nncf", "openvino", int8=True,
+        describe=lambda c: {"method": "NNCF post-training quantization of the OpenVINO model (nncf.quantize)",
+                            **c.openvino.to_dict(), **_calibrated(c)}),
 }
 
 
@@ -93,6 +100,37 @@ def fp32_runtime_variants() -> tuple[str, ...]:
     return tuple(name for name, v in VARIANTS.items() if v.fp32)
 
 
+PRESETS = ("performance", "mixed")  # NNCF: symmetric activations, or asymmetric ones
+MODEL_TYPES = ("transformer",)  # NNCF's special handling of attention; null for CNNs
+
+
+@dataclass(frozen=True)
+class IgnoredScope(Settings):
+    """Nodes NNCF leaves in float: exact names, operation types, or regular expressions on names."""
+
+    names: tuple[str, ...] = ()
+    types: tuple[str, ...] = ()
+    patterns: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class OpenVINOConfig(Settings):
+    """`quantize.openvino`: NNCF's settings for the `openvino_int8` variant."""
+
+    preset: str = "performance"  # performance | mixed
+    fast_bias_correction: bool = True  # false: NNCF's full bias correction (slower)
+    model_type: str | None = None  # null | transformer
+    subset_size: int | None = None  # calibration samples NNCF uses; null = all of quantize.calibration_samples
+    ignored_scope: IgnoredScope = field(default_factory=IgnoredScope)
+
+    def validate(self) -> None:
+        check_choice(self.preset, "preset", PRESETS)
+        check(self.model_type is None or self.model_type in MODEL_TYPES, "model_type", self.model_type,
+              f"allowed: null, {', '.join(MODEL_TYPES)}")
+        check(self.subset_size is None or self.subset_size >= 1, "subset_size", self.subset_size,
+              "must be null or an integer >= 1")
+
+
 @dataclass(frozen=True)
 class QuantizeConfig(Settings):
     """The method part of the `quantize` block (the stage adds its seed, `params.QuantizeParams`)."""
@@ -105,6 +143,7 @@ class QuantizeConfig(Settings):
     qat_freeze_bn_epoch: int = 1
     qat_lr: float = 0.001
     variants: tuple[str, ...] = tuple(VARIANTS)
+    openvino: OpenVINOConfig = field(default_factory=OpenVINOConfig)
 
     def validate(self) -> None:
         check_distinct(self.backends, "backends", STATIC_BACKENDS, non_empty=False)

@@ -153,13 +153,6 @@ def run_onnx(onnx_path: str | Path, inputs: torch.Tensor) -> torch.Tensor:
     return OnnxModel(onnx_path)(inputs)
 
 
-def onnx_max_abs_diff(onnx_path: str | Path, model: nn.Module, inputs: torch.Tensor) -> float:
-    """Max |logit difference| between ONNX Runtime and the PyTorch model on `inputs`."""
-    with torch.no_grad():
-        reference = model.eval()(inputs)
-    return float((run_onnx(onnx_path, inputs) - reference).abs().max())
-
-
 def onnx_layer_summary(path: str | Path) -> dict[str, Any]:
     """Quantized vs float compute layers of an ONNX graph: a Conv/Gemm/MatMul whose weight comes out of
     a DequantizeLinear node runs on INT8 weights (QDQ), as does a QLinear* op (QOperator)."""

@@ -290,10 +290,10 @@ def _quantization_notes(r: _Report, qvars: dict, fp32: dict) -> list[str]:
     fp16 = qvars.get("fp16", {})
     if "settings" in fp16:
         notes.append(f"FP16 compute mode: {fp16['settings'].get('compute', 'not recorded')}.")
-    onnx = qvars.get("onnx_fp32", {})
-    if onnx.get("max_abs_logit_diff_vs_torch") is not None:
-        notes.append(f"ONNX FP32 vs PyTorch FP32: max |logit difference| = "
-                     f"{onnx['max_abs_logit_diff_vs_torch']:.3g} on the calibration inputs.")
+    for name, entry in qvars.items():  # the FP32 exports (onnx_fp32, openvino_fp32) against torch
+        if entry.get("max_abs_logit_diff_vs_torch") is not None:
+            notes.append(f"`{name}` vs PyTorch FP32: max |logit difference| = "
+                         f"{entry['max_abs_logit_diff_vs_torch']:.3g} on the calibration inputs.")
     ts = [(n, e) for n, e in qvars.items() if n != "fp32" and str(e.get("artifact", "")).endswith(".ts")
           and e.get("weights_mb") is not None and "skipped" not in e]
     if ts and fp32.get("weights_mb") and fp32.get("size_mb"):
