@@ -1,6 +1,7 @@
-"""Stage `zoo_quantize`: dynamic INT8 (Linear layers only, as PyTorch allows) over the batch sizes and
-FX static INT8 per engine (x86, fbgemm, qnnpack) and with a custom QConfig, for every zoo model,
-calibrated on images not used for evaluation -> metrics/zoo_quantize.json and two plots."""
+"""Stage `zoo_quantize`: dynamic INT8 (Linear layers only, as PyTorch allows) over the batch sizes, FX
+static INT8 per engine (x86, fbgemm, qnnpack) and with a custom QConfig, and the other runtimes
+(torch.compile, ONNX Runtime FP32/INT8, OpenVINO FP32/NNCF INT8) for every zoo model, calibrated on
+images not used for evaluation -> metrics/zoo_quantize.json and two plots."""
 
 import torch
 
@@ -11,6 +12,7 @@ from edgecompress.zoo.measure import (DYNAMIC_NOTE, Measurement, dynamic_analysi
                                       zoo_inputs)
 from edgecompress.zoo.params import ZooPipelineParams
 from edgecompress.zoo.report import write_plots
+from edgecompress.zoo.runtimes import runtime_analysis
 from edgecompress.zoo.weights import load_pretrained, preprocessing
 
 
@@ -34,10 +36,18 @@ def main() -> None:
         results[arch]["static"] = static_analysis(
             model, images, subset.targets, calibration, how, configs=params.static,
             calibration_batch_size=params.calibration_batch_size, batch_size=params.static_batch_size)
+        measured = params.runtimes if params.runtimes_on == "all" or resolved.version is not None else ()
+        results[arch]["runtimes"] = runtime_analysis(
+            model, images, subset.targets, calibration, how, names=measured,
+            batch_sizes=params.runtime_batch_sizes, threads=params.threads,
+            calibration_batch_size=params.calibration_batch_size, openvino=params.openvino)
         log.info("%s: %s", arch, {k: v.get("top1", "skipped") for k, v in
-                                  {"dynamic": results[arch].get("dynamic", {}), **results[arch]["static"]}.items()})
+                                  {"dynamic": results[arch].get("dynamic", {}), **results[arch]["static"],
+                                   **results[arch]["runtimes"]}.items()})
     metrics = {"models": results, "dynamic_note": DYNAMIC_NOTE, "static_configs": list(params.static),
                "static_batch_size": params.static_batch_size, "batch_sizes": list(how.batch_sizes),
+               "runtimes": list(params.runtimes), "runtime_batch_sizes": list(params.runtime_batch_sizes),
+               "runtimes_on": params.runtimes_on,
                "calibration": {"images": len(inputs.calibration), "batches": params.calibration_batches,
                                "batch_size": params.calibration_batch_size,
                                "source": "the subset's images after the evaluated ones (never evaluated)"},

@@ -178,7 +178,7 @@ def fp32_latency(model: nn.Module, images: torch.Tensor, how: Measurement) -> di
     return _latency_sweep(inference_predict(model), images, how)
 
 
-def _failure(exc: Exception, what: str) -> dict[str, str]:
+def failure(exc: Exception, what: str) -> dict[str, str]:
     first = first_line(exc, 240)
     log.warning("%s: skipped (%s: %s)", what, type(exc).__name__, first)
     return {"skipped": f"{what} failed ({type(exc).__name__}: {first})"}
@@ -195,7 +195,7 @@ def dynamic_analysis(model: nn.Module, images: torch.Tensor, targets: tuple[int,
         with quant_engine(quantized.quant_engine):
             result = measure(inference_predict(quantized), images, targets, how)
     except Exception as exc:  # noqa: BLE001 - the model's own forward rejects the quantized module
-        return _failure(exc, "running the dynamically quantized model")
+        return failure(exc, "running the dynamically quantized model")
     return {"layers": layer_summary(quantized), "size_mb": state_dict_mb(quantized), "note": DYNAMIC_NOTE, **result}
 
 
@@ -220,14 +220,14 @@ def static_analysis(model: nn.Module, images: torch.Tensor, targets: tuple[int, 
             results[name] = {"skipped": str(exc)}
             continue
         except Exception as exc:  # noqa: BLE001 - symbolic tracing fails on data-dependent control flow
-            results[name] = _failure(exc, f"FX graph-mode static quantization ({name})")
+            results[name] = failure(exc, f"FX graph-mode static quantization ({name})")
             continue
         try:
             with quant_engine(backend):
                 result = measure(inference_predict(quantized), images, targets, how, batch_sizes=(batch_size,),
                                  reference=reference)
         except Exception as exc:  # noqa: BLE001 - e.g. an op without a quantized kernel on this engine
-            results[name] = _failure(exc, f"running the {name} INT8 model")
+            results[name] = failure(exc, f"running the {name} INT8 model")
             continue
         layers = layer_summary(quantized)
         if weight_read:

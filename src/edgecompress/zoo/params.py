@@ -8,10 +8,12 @@ from dataclasses import dataclass, field
 
 from edgecompress.config import Settings, check, check_choice, check_distinct, is_batch_list
 from edgecompress.data import AugmentParams, DataParams
+from edgecompress.quantize.config import OpenVINOConfig
 from edgecompress.train import TrainParams
 from edgecompress.zoo.weights import PRETRAINED, WEIGHTS_CHOICES, torchvision_classifiers
 
 STATIC_QCONFIGS = ("x86", "fbgemm", "qnnpack", "custom")  # FX static INT8 per engine, plus the custom QConfig
+RUNTIMES = ("compiled", "onnx_fp32", "onnx_int8", "openvino_fp32", "openvino_int8")  # zoo.runtimes.RUNTIMES
 
 
 @dataclass(frozen=True)
@@ -34,6 +36,10 @@ class ZooParams(Settings):
     static_batch_size: int = 8  # latency of the static INT8 models at this batch size
     calibration_batches: int = 1  # of calibration_batch_size images not used for evaluation
     calibration_batch_size: int = 16
+    runtimes: tuple[str, ...] = RUNTIMES  # the other runtimes each model is measured on (zoo_quantize)
+    runtime_batch_sizes: tuple[int, ...] = (1, 8)  # their latency at these batch sizes (each one of batch_sizes)
+    runtimes_on: str = PRETRAINED  # pretrained: only models with real weights (random ones are smoke stand-ins) | all
+    openvino: OpenVINOConfig = field(default_factory=OpenVINOConfig)  # NNCF's settings for openvino_int8
 
     def validate(self) -> None:
         known = torchvision_classifiers()
@@ -56,6 +62,11 @@ class ZooParams(Settings):
               "must be an integer >= 1")
         check(self.calibration_batch_size >= 1, "calibration_batch_size", self.calibration_batch_size,
               "must be an integer >= 1")
+        check_distinct(self.runtimes, "runtimes", RUNTIMES, non_empty=False)
+        check_choice(self.runtimes_on, "runtimes_on", (PRETRAINED, "all"))
+        check(is_batch_list(self.runtime_batch_sizes) and set(self.runtime_batch_sizes) <= set(self.batch_sizes),
+              "runtime_batch_sizes", self.runtime_batch_sizes,
+              f"must be distinct batch sizes among zoo.batch_sizes {list(self.batch_sizes)} (eager FP32 is timed there)")
 
     @property
     def calibration_images(self) -> int:

@@ -18,6 +18,7 @@ from edgecompress.goals import target
 from edgecompress.io import read_json, write_text
 from edgecompress.markdown import markdown_table, relative_link
 from edgecompress.plots import save_figure
+from edgecompress.zoo.speedups import best_fp32, candidates, int8_goals, is_int8, ms
 
 RANDOM_TAG = " (random weights)"
 PLOT_FILES = {"accuracy_vs_latency": "zoo_accuracy_vs_latency.png",
@@ -156,6 +157,7 @@ def zoo_goals(zoo: dict[str, Any], quant: dict[str, Any]) -> dict[str, dict[str,
     for arch, entry in zoo["models"].items():
         if entry.get("random_weights"):
             continue
+        model = quant["models"].get(arch, {})
         delta = entry.get("top1_minus_published_points")
         if delta is not None:
             goals[f"{arch}: top-1 vs published"] = target(
@@ -167,6 +169,8 @@ def zoo_goals(zoo: dict[str, Any], quant: dict[str, Any]) -> dict[str, dict[str,
             goals[f"{arch}: best static INT8 ({best}) vs FP32"] = target(
                 100 * (entry["top1"] - static[best]["top1"]), at_most=INT8_DROP_POINTS,
                 goal=f"top-1 drop <= {INT8_DROP_POINTS:g} points")
+        if model.get("runtimes"):
+            goals.update(int8_goals(arch, entry["top1"], model, quant.get("runtime_batch_sizes") or [8]))
     return goals
 
 
@@ -236,16 +240,53 @@ def render_report(zoo: dict[str, Any], quant: dict[str, Any], plots: dict[str, s
                          f"{fp32_ms / int8_ms:.2f}×" if fp32_ms and int8_ms else None])
     lines += markdown_table(["model", "config", "top-1 % FP32 → INT8", "agreement %", "SQNR dB", "compute layers", "size MB",
                              f"ms/image b{batch}", "speed-up"], rows)
-    goals = zoo_goals(zoo, quant)
-    if goals:
-        lines += ["## Goals", ""]
-        lines += markdown_table(["goal", "measured", "target", "met"],
-                                [[name, f"{g['value']:.2f} points", g["goal"], g["met"]] for name, g in goals.items()])
-        lines += ["A missed goal is reported with its number, never adjusted. On this ImageNet sample (images of "
-                  "unstated split, not the 50,000 validation images) real weights score above their published "
-                  "figure; see the interval column.", ""]
+    lines += _runtimes_section(zoo, quant) + _goals_section(zoo, quant)
     lines += ["## Plots", ""] + [f"![{key}]({path})" for key, path in plots.items()] + [""]
     return "\n".join(lines)
+
+
+def _runtimes_section(zoo: dict[str, Any], quant: dict[str, Any]) -> list[str]:
+    """Every variant of every model beside the fastest FP32 runtime at each runtime batch size."""
+    batches = quant.get("runtime_batch_sizes")
+    if not batches:
+        return []
+    lines = ["## Runtimes: INT8 against the fastest FP32 runtime (stage zoo_quantize)", "",
+             "Every model also runs under `torch.compile`, ONNX Runtime (FP32 export, static QDQ INT8) and OpenVINO "
+             "(FP32 IR, NNCF INT8), each reloaded from its file and timed with the same timer on the same images "
+             f"as eager PyTorch. A speed-up is the fastest FP32 runtime's latency (eager, compiled, ONNX Runtime or "
+             f"OpenVINO, at that batch size) over the variant's. FX static INT8 is timed at batch "
+             f"{quant['static_batch_size']} only.", ""]
+    rows = []
+    for arch, e in zoo["models"].items():
+        model = quant["models"].get(arch, {})
+        if not model.get("runtimes"):  # zoo.runtimes_on: pretrained leaves random-weight models out
+            continue
+        for name, entry in model.get("runtimes", {}).items():
+            if "skipped" in entry:
+                rows.append([_label(arch, e), name, "skipped: " + entry["skipped"]] + [None] * (4 + 2 * len(batches)))
+        fastest = {b: best_fp32(model, b) for b in batches}
+        for name, entry in candidates(model).items():
+            rows.append([_label(arch, e), name, "INT8" if is_int8(name) else "FP32", _pct(entry.get("top1")),
+                         _pct(entry.get("top1_agreement")) if name != "eager" else None, entry.get("size_mb"),
+                         entry.get("compile_s"),
+                         *[None if ms(entry, b) is None else f"{ms(entry, b):.2f}" for b in batches],
+                         *[None if ms(entry, b) is None or fastest[b][1] is None
+                           else f"{fastest[b][1] / ms(entry, b):.2f}× ({fastest[b][0]})" for b in batches]])
+    return lines + markdown_table(["model", "variant", "precision", "top-1 %", "agreement %", "size MB", "compile s",
+                                   *[f"ms/image b{b}" for b in batches],
+                                   *[f"vs fastest FP32 b{b}" for b in batches]], rows)
+
+
+def _goals_section(zoo: dict[str, Any], quant: dict[str, Any]) -> list[str]:
+    goals = zoo_goals(zoo, quant)
+    if not goals:
+        return []
+    return ["## Goals", ""] + markdown_table(
+        ["goal", "measured", "target", "met"],
+        [[name, f"{g['value']:.2f} {g.get('unit', 'points')}", g["goal"], g["met"]] for name, g in goals.items()]
+    ) + ["A missed goal is reported with its number, never adjusted. On this ImageNet sample (images of unstated "
+         "split, not the 50,000 validation images) real weights score above their published figure; see the "
+         "interval column.", ""]
 
 
 def write_plots(zoo: dict[str, Any], quant: dict[str, Any], plots_dir: str | Path) -> dict[str, Path]:
