@@ -22,7 +22,11 @@ TINY_PARAMS = {
     "teacher": {"epochs": 1},
     "student": {"epochs": 1},
     "prune": {"finetune_epochs": 1},
-    "quantize": {"calibration_samples": 64, "qat_epochs": 1},
+    # fbgemm/qnnpack engines and fp16 take the same paths as ptq_x86 through the stages (their kernels have
+    # unit tests): leaving them out keeps the end-to-end test's repeated quantize/benchmark runs short.
+    "quantize": {"calibration_samples": 64, "qat_epochs": 1,
+                 "variants": ["ptq_x86", "ptq_custom", "dynamic", "qat", "onnx_fp32", "onnx_int8", "openvino_fp32",
+                              "openvino_int8"]},
     # In-process, no torch.compile: the benchmark's isolated and compiled paths have their own tests.
     "bench": {"batch_sizes": [1, 4], "warmup": 1, "repeats": 3, "min_time_s": 0, "compile": False, "isolate": False},
 }

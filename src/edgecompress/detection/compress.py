@@ -34,6 +34,8 @@ from edgecompress.io import read_image
 from edgecompress.prune import PruneConfig, prune_model
 from edgecompress.quantize.fx import quantize_static_fx
 from edgecompress.quantize.onnx import OnnxModel, export_onnx, quantize_onnx_static
+from edgecompress.quantize.openvino import (OpenVINOModel, convert_onnx_to_openvino, openvino_artifact_bytes,
+                                            output_tail, quantize_openvino)
 
 log = logging.getLogger(__name__)
 
@@ -105,6 +107,32 @@ def onnx_variants(detector: Detector, out_dir: str | Path, calib: torch.Tensor, 
         variant = replace(detector, model=OnnxModel(path, threads=threads), device=torch.device("cpu"))
         out[name] = (variant, {"method": method, "artifact": str(path), "size_mb": round(path.stat().st_size / 1e6, 4),
                                "calibration_images": len(calib) if name == "onnx_int8" else None})
+    return out
+
+
+def openvino_variants(detector: Detector, out_dir: str | Path, calib: torch.Tensor, *, threads: int,
+                      int8: bool = True) -> dict[str, Built]:
+    """OpenVINO FP32 (the ONNX FP32 export converted: OpenVINO's torch tracer rejects YOLOv5's lazily built
+    grid) and, with `int8`, NNCF post-training INT8 of it, calibrated on `calib` with the decode tail
+    (`quantize.openvino.output_tail`) kept float."""
+    out_dir = Path(out_dir)
+    onnx_path = out_dir / f"{detector.name}_fp32.onnx"
+    if not onnx_path.is_file():
+        export_onnx(RawHead(copy.deepcopy(detector.model).cpu().eval()), calib[:2], onnx_path)
+    fp32_path, int8_path = out_dir / f"{detector.name}_openvino_fp32.xml", out_dir / f"{detector.name}_openvino_int8.xml"
+    converted = convert_onnx_to_openvino(onnx_path, fp32_path)
+    artifacts = [("openvino_fp32", fp32_path, "OpenVINO IR of the ONNX export (CPU plugin, f32)", None)]
+    if int8:
+        tail = output_tail(converted)
+        quantize_openvino(converted, calib, int8_path, batch_size=min(8, len(calib)), ignored_scope={"names": tail})
+        artifacts.append(("openvino_int8", int8_path, "NNCF post-training INT8 of the OpenVINO model (performance "
+                          f"preset; the decode tail's {len(tail)} nodes kept float)", len(calib)))
+    out: dict[str, Built] = {}
+    for name, path, method, calibration in artifacts:
+        variant = replace(detector, model=OpenVINOModel(path, threads=threads), device=torch.device("cpu"))
+        out[name] = (variant, {"method": method, "artifact": str(path),
+                               "size_mb": round(openvino_artifact_bytes(path) / 1e6, 4),
+                               "calibration_images": calibration})
     return out
 
 
@@ -316,7 +344,8 @@ def build_variants(detector: Detector, wanted: Sequence[str], *, calibration: Se
             ONNX tracing and the pruning graph's trace.
     """
     facts, wanted = detector.facts, set(wanted)
-    applies = {"onnx_fp32": facts.exportable, "onnx_int8": facts.exportable, "pruned": facts.prunable}
+    applies = {"onnx_fp32": facts.exportable, "onnx_int8": facts.exportable, "openvino_fp32": facts.exportable,
+               "openvino_int8": facts.exportable, "pruned": facts.prunable}
     traced = {name for name, ok in applies.items() if ok} & wanted
     calib = calibration_batch(calibration, detector.imgsz) if traced else None
     Path(out_dir).mkdir(parents=True, exist_ok=True)
@@ -326,6 +355,8 @@ def build_variants(detector: Detector, wanted: Sequence[str], *, calibration: Se
                   for name, ok in applies.items() if name in wanted and not ok})
     if {"onnx_fp32", "onnx_int8"} & traced:
         built.update(onnx_variants(detector, out_dir, calib, threads=threads, int8="onnx_int8" in wanted))
+    if {"openvino_fp32", "openvino_int8"} & traced:
+        built.update(openvino_variants(detector, out_dir, calib, threads=threads, int8="openvino_int8" in wanted))
     if "pruned" in traced:
         built["pruned"] = pruned_variant(detector, prune_ratio, calib.to(detector.device), finetune=finetune)
     if "fp16" in wanted:

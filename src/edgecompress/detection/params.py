@@ -16,7 +16,7 @@ from edgecompress.detection.families import FAMILIES
 
 FORMATS = ("coco", "voc", "yolo")  # source data set formats
 OPTIMIZERS = ("sgd", "adamw")  # detect_train / pruned fine-tuning
-VARIANTS = ("fp32", "onnx_fp32", "onnx_int8", "pruned", "fp16", "fx_int8")  # detect_compress
+VARIANTS = ("fp32", "onnx_fp32", "onnx_int8", "openvino_fp32", "openvino_int8", "pruned", "fp16", "fx_int8")  # detect_compress
 
 
 @dataclass(frozen=True)
@@ -113,7 +113,7 @@ class DetectionCompressParams(Settings):
     """detect_compress: compressed variants of one detector, evaluated like detect_eval."""
 
     model: str = "yolov5n"  # a key of detection.models
-    variants: tuple[str, ...] = VARIANTS[:5]  # fx_int8: torchvision backbones
+    variants: tuple[str, ...] = VARIANTS[:7]  # fx_int8: torchvision backbones
     batch_size: int = 1
     calibration_images: int = 16  # INT8 calibration, drawn from source images outside the subset
     prune_ratio: float = 0.05  # channels removed per backbone/neck layer

@@ -43,6 +43,45 @@ def _save(model: Any, path: Path, *, compress_to_fp16: bool) -> None:
         publish(tmp_xml, path)
 
 
+def convert_onnx_to_openvino(onnx_path: str | Path, path: str | Path) -> Any:
+    """Convert an ONNX export to OpenVINO and write its IR: for models whose torch form the OpenVINO
+    frontend's tracer rejects (YOLOv5's Detect head builds its grid lazily, so two traces differ).
+
+    Returns:
+        The `ov.Model`.
+    """
+    import openvino as ov
+
+    try:
+        converted = ov.convert_model(str(onnx_path))
+    except Exception as exc:  # noqa: BLE001 - the frontend raises many types for unsupported graphs
+        raise EdgecompressError(f"{onnx_path}: OpenVINO cannot convert this ONNX model ({first_line(exc)})") from None
+    _save(converted, Path(path), compress_to_fp16=False)
+    return converted
+
+
+def output_tail(model: Any) -> list[str]:
+    """Names of the nodes between the last convolutions and the outputs (a detector's decode tail:
+    sigmoid, grid arithmetic, the concat of pixel coordinates with probabilities). Kept float as YOLO's
+    own OpenVINO export does: one INT8 scale over pixels (0..640) and probabilities (0..1) flattens the
+    probabilities to zero. A convolution's bias Add belongs to the convolution and ends the walk too."""
+    tail: list[str] = []
+    seen: set[str] = set()
+    pending = [result.input_value(0).get_node() for result in model.get_results()]
+    while pending:
+        node = pending.pop()
+        name = node.get_friendly_name()
+        if name in seen or node.get_type_name() in ("Constant", "Parameter", "Convolution"):
+            continue
+        seen.add(name)
+        inputs = [value.get_node() for value in node.input_values()]
+        if node.get_type_name() == "Add" and any(i.get_type_name() == "Convolution" for i in inputs):
+            continue
+        tail.append(name)
+        pending += inputs
+    return tail
+
+
 def convert_to_openvino(model: nn.Module, example_inputs: torch.Tensor, path: str | Path) -> Any:
     """Convert a float torch model to OpenVINO (dynamic batch, FP32 weights) and write its IR.
 
