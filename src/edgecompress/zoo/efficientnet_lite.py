@@ -12,9 +12,19 @@ on 4 images) where `tf_efficientnet_lite*` gave a difference of exactly 0.
 Why our own module and not timm's `tf_efficientnet_lite*`: TF "SAME" padding of a strided conv depends
 on the input size, and timm computes it in forward (`Conv2dSame`), which FX symbolic tracing rejects
 ("symbolically traced variables cannot be used as inputs to control flow"), so every FX static INT8
-config of the zoo was skipped; timm's fused BatchNorm+activation modules would also escape FX's conv-BN
-fusion. Here the padding is fixed at construction for `image_size` (as the port's
-Conv2dStaticSamePadding does) and every layer is a plain nn.Conv2d / nn.BatchNorm2d / nn.ReLU6.
+config of the zoo was skipped. timm's BatchNorm+activation modules escape FX's conv-BN fusion too: on
+its traceable `efficientnet_lite0`, x86 FX INT8 left 49 float `batch_norm` ops between the INT8 convs.
+Here the padding is fixed at construction for `image_size` (as the port's Conv2dStaticSamePadding
+does) and every layer is a plain nn.Conv2d / nn.BatchNorm2d / nn.ReLU6: BN folds into the convs.
+
+A cost that remains in eager FX INT8 (measured, 1 thread): PyTorch's x86/fbgemm INT8 depthwise conv
+has a fast path only for symmetric (k-1)/2 padding; a TF-padded strided one (ZeroPad2d, then padding 0)
+takes the generic path: 173 ms for a 5x5 144-channel conv on 8x144x57x57 against 0.5 ms with padding
+2, so x86 INT8 Lite0 ran ~40 ms/image, slower than its FP32 (21-33 ms/image on this loaded machine),
+while ONNX Runtime INT8 of the same network ran 2.3 ms/image. The pads themselves run in float between
+dequantize/quantize (FX lowers no pad op), which cost nothing measurable. Computing the four strided
+depthwise convs at stride 1 and keeping every second output would be exact and fast in INT8 but add
+~5% MACs to every runtime: not done, the zoo reports the network's own cost.
 """
 
 from __future__ import annotations
