@@ -13,8 +13,8 @@ from edgecompress import EdgecompressError
 from edgecompress.config import load_settings, parse_settings
 from edgecompress.quantize.fx import layer_summary, quantize_static_fx
 from edgecompress.zoo import imagenet, measure, weights
-from edgecompress.zoo.efficientnet_lite import (LITE_WEIGHTS, EfficientNetLite, port_to_ours, round_channels,
-                                                same_padding)
+from edgecompress.zoo.efficientnet_lite import (LITE_WEIGHTS, EfficientNetLite, LiteWeights, port_to_ours,
+                                                round_channels, same_padding)
 from edgecompress.zoo.params import ZooPipelineParams
 
 LITES = [w.arch for w in LITE_WEIGHTS]
@@ -68,7 +68,7 @@ def test_every_layer_quantizes_in_fx_graph_mode() -> None:
 @pytest.mark.parametrize("arch", LITES)
 def test_packaged_checkpoint_maps_every_key_and_loads_strictly(arch: str) -> None:
     resolved = packaged(arch)
-    assert resolved.path.name == resolved.version.file_name and isinstance(resolved.version, type(LITE_WEIGHTS[0]))
+    assert resolved.path.name == resolved.version.file_name and isinstance(resolved.version, LiteWeights)
     state = torch.load(resolved.path, map_location="cpu", weights_only=True)
     model = weights.load_pretrained(resolved)  # load_state_dict(strict=True) inside
     mapped = port_to_ours(state, model)
