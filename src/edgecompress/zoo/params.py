@@ -10,7 +10,7 @@ from edgecompress.config import Settings, check, check_choice, check_distinct, i
 from edgecompress.data import AugmentParams, DataParams
 from edgecompress.quantize.config import OpenVINOConfig
 from edgecompress.train import TrainParams
-from edgecompress.zoo.weights import PRETRAINED, WEIGHTS_CHOICES, torchvision_classifiers
+from edgecompress.zoo.weights import OWN_WEIGHTS, PRETRAINED, WEIGHTS_CHOICES, zoo_classifiers
 
 STATIC_QCONFIGS = ("x86", "fbgemm", "qnnpack", "custom")  # FX static INT8 per engine, plus the custom QConfig
 RUNTIMES = ("compiled", "onnx_fp32", "onnx_int8", "openvino_fp32", "openvino_int8")  # zoo.runtimes.RUNTIMES
@@ -42,10 +42,11 @@ class ZooParams(Settings):
     openvino: OpenVINOConfig = field(default_factory=OpenVINOConfig)  # NNCF's settings for openvino_int8
 
     def validate(self) -> None:
-        known = torchvision_classifiers()
+        known = zoo_classifiers()
         for arch, weights in self.models.items():
             check(arch in known, f"models.{arch}", weights, "not a torchvision ImageNet classifier (e.g. "
-                  "resnet18, mobilenet_v3_large, efficientnet_b0, vit_b_16, swin_t)")
+                  f"resnet18, mobilenet_v3_large, efficientnet_b0, vit_b_16, swin_t) nor one of "
+                  f"{', '.join(sorted(OWN_WEIGHTS))}")
             check_choice(weights, f"models.{arch}", WEIGHTS_CHOICES)
         check(self.max_images >= 1, "max_images", self.max_images, "must be an integer >= 1")
         check(is_batch_list(self.batch_sizes), "batch_sizes", self.batch_sizes,

@@ -202,7 +202,8 @@ def render_report(zoo: dict[str, Any], quant: dict[str, Any], plots: dict[str, s
     lines += markdown_table(["model", "top-1 %", "top-1 95% interval", "top-5 %", "published top-1 %",
                              "Δ points", "published inside interval", "params (M)", "GMACs", "size (MB)",
                              *[f"ms/image b{b}" for b in batches]], rows)
-    lines += ["Published: ImageNet-1k validation (50,000 images) top-1 from the weights' metadata. The interval is "
+    lines += ["Published: ImageNet-1k validation (50,000 images) top-1 from the weights' metadata (torchvision), or "
+              "the TF EfficientNet-Lite README for efficientnet_lite* (no top-5 published). The interval is "
               "the exact (Clopper–Pearson) 95% binomial interval of the subset's top-1: with one image per class "
               "a few points either way are noise.", ""]
     lines += ["## Dynamic quantization (stage zoo_quantize)", "", f"> {quant['dynamic_note']}.", "",
