@@ -119,16 +119,19 @@ def test_detection_pipeline_smoke_run_random_weights(repo_copy: Path, tmp_path: 
     assert {"box_loss", "cls_loss", "dfl_loss"} <= set(live["train"]) and "map_50" in live["val"]
     compress = json.loads((det / "metrics" / "detect_compress.json").read_text())
     assert compress["calibration"] == {"images": 1, "disjoint_from_evaluation": True}  # the one held-out image
-    assert set(compress["variants"]) == {"fp32", "onnx_fp32", "onnx_int8", "pruned", "fp16"}
+    assert set(compress["variants"]) == {"fp32", "onnx_fp32", "onnx_int8", "openvino_fp32", "openvino_int8", "pruned",
+                                         "fp16"}
     assert "CUDA only" in compress["variants"]["fp16"]["skipped"]
     pruned = compress["variants"]["pruned"]
     assert pruned["params_after"] < pruned["params_before"] and pruned["finetune"]["epochs"] == 1
     assert 0 <= pruned["finetune"]["before"]["map_50"] <= 1
     assert "fine-tuned 1 epochs on 1 images" in pruned["method"]
-    for name in ("fp32", "onnx_fp32", "onnx_int8", "pruned"):
+    for name in ("fp32", "onnx_fp32", "onnx_int8", "openvino_fp32", "openvino_int8", "pruned"):
         assert compress["variants"][name]["timing"]["images"] == 2
     assert (det / "plots" / "compress_pareto.png").read_bytes()[:4] == b"\x89PNG"
-    assert sorted(p.name for p in (det / "models" / "compressed").iterdir()) == ["v5_fp32.onnx", "v5_int8.onnx"]
+    assert sorted(p.name for p in (det / "models" / "compressed").iterdir()) == [
+        "v5_fp32.onnx", "v5_int8.onnx", "v5_openvino_fp32.bin", "v5_openvino_fp32.xml", "v5_openvino_int8.bin",
+        "v5_openvino_int8.xml"]
     profile = json.loads((det / "metrics" / "detect_profile.json").read_text())
     assert set(profile["models"]) == {"yolov8n", "v5"}
     for name in profile["models"]:
