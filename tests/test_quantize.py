@@ -310,3 +310,27 @@ def test_calibration_tensors():
     assert qcommon.calibration_tensors(DataLoader(data, batch_size=32), 500).shape[0] == 100
     with pytest.raises(EdgecompressError):
         qcommon.calibration_tensors(DataLoader(data, batch_size=32), 0)
+
+
+class _DepthwiseSeparable(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = nn.Conv2d(3, 8, 3, padding=1)
+        self.depthwise = nn.Conv2d(8, 8, 3, padding=1, groups=8)
+        self.pointwise = nn.Conv2d(8, 4, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.pointwise(torch.relu(self.depthwise(torch.relu(self.stem(x))))).mean((2, 3))
+
+
+def test_vnni_qconfig_narrows_only_depthwise_weights():
+    torch.manual_seed(0)
+    model, calib = _DepthwiseSeparable().eval(), torch.randn(32, 3, 8, 8)
+    quantized = fx.quantize_static_fx(model, calib, backend="x86", qconfig="vnni")
+    weights = {name: m.weight().int_repr() for name, m in quantized.named_modules() if hasattr(m, "_packed_params")}
+    assert set(weights) == {"stem", "depthwise", "pointwise"}  # ConvReLU2d fused under the conv's name
+    assert int(weights["depthwise"].abs().max()) <= 64  # 7 bits: fbgemm's depthwise kernel sums pairs in 16 bits
+    assert int(weights["stem"].abs().max()) == int(weights["pointwise"].abs().max()) == 127  # full 8 bits
+    with fx.quant_engine("x86"), torch.no_grad():
+        x = torch.randn(16, 3, 8, 8)
+        assert torch.allclose(quantized(x), model(x), atol=0.05)

@@ -87,6 +87,34 @@ def custom_qconfig(backend: str = "x86") -> Any:
                                                   quant_min=-64, quant_max=63))
 
 
+def _depthwise_conv_names(model: nn.Module) -> list[str]:
+    return [name for name, m in model.named_modules()
+            if isinstance(m, nn.Conv2d) and m.groups > 1 and m.groups == m.in_channels]
+
+
+def vnni_qconfig_mapping(model: nn.Module, backend: str = "x86") -> Any:
+    """Full 8-bit HistogramObserver activations and 8-bit per-channel weights everywhere, 7-bit weights
+    on depthwise convolutions only.
+
+    On a CPU with VNNI, fbgemm's regular convolutions and linears accumulate u8 x s8 products in 32 bits
+    (vpdpbusd), so neither operand needs narrowing there; its depthwise kernels still add pairs in 16
+    bits, where 255 * 127 * 2 overflows and 255 * 64 * 2 fits. Torch's default narrows every activation
+    to 7 bits, `custom_qconfig` every weight; this one narrows only the operand that overflows.
+    """
+    from torch.ao.quantization import HistogramObserver, PerChannelMinMaxObserver, QConfig, get_default_qconfig_mapping
+
+    activation = HistogramObserver.with_args(dtype=torch.quint8, qscheme=torch.per_tensor_affine, reduce_range=False)
+    mapping = get_default_qconfig_mapping(backend).set_global(QConfig(
+        activation=activation, weight=PerChannelMinMaxObserver.with_args(dtype=torch.qint8,
+                                                                         qscheme=torch.per_channel_symmetric)))
+    for name in _depthwise_conv_names(model):
+        mapping.set_module_name(name, custom_qconfig(backend))
+    return mapping
+
+
+QCONFIGS = ("default", "custom", "vnni")
+
+
 def quantize_static_fx(model: nn.Module, calib: torch.Tensor | Sequence[torch.Tensor], *, backend: str,
                        qconfig: str = "default", batch_size: int = 64) -> nn.Module:
     """Static INT8 PTQ in FX graph mode; `model` itself is left untouched.
@@ -95,14 +123,15 @@ def quantize_static_fx(model: nn.Module, calib: torch.Tensor | Sequence[torch.Te
         model: float model.
         calib: calibration images (N, C, H, W), or a list of input batches of different shapes.
         backend: quantized engine ("x86", "fbgemm", "qnnpack").
-        qconfig: "default" (torch's mapping for the backend) or "custom" (`custom_qconfig`).
+        qconfig: "default" (torch's mapping for the backend), "custom" (`custom_qconfig`) or "vnni"
+            (`vnni_qconfig_mapping`).
         batch_size: calibration batch size.
     Returns:
         The converted INT8 GraphModule (attribute `quant_engine` names its engine).
     Raises:
         BackendUnsupported: engine not in this torch build.
     """
-    check_choice(qconfig, "qconfig", ("default", "custom"))
+    check_choice(qconfig, "qconfig", QCONFIGS)
     with quant_engine(backend), quiet(), torch.no_grad():
         from torch.ao.quantization import get_default_qconfig_mapping
         from torch.ao.quantization.quantize_fx import convert_fx, prepare_fx
@@ -110,6 +139,8 @@ def quantize_static_fx(model: nn.Module, calib: torch.Tensor | Sequence[torch.Te
         mapping = get_default_qconfig_mapping(backend)
         if qconfig == "custom":
             mapping.set_global(custom_qconfig(backend))  # keeps the fixed-qparams op entries
+        elif qconfig == "vnni":
+            mapping = vnni_qconfig_mapping(model, backend)
         example = calib[:1] if isinstance(calib, torch.Tensor) else calib[0]
         prepared = prepare_fx(copy.deepcopy(model).eval(), mapping, (example,))
         for batch in batches(calib, batch_size):

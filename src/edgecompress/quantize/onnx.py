@@ -15,6 +15,7 @@ from typing import Any, Sequence
 import torch
 import torch.nn as nn
 
+from edgecompress.config import check_choice
 from edgecompress.io import atomic_path, publish
 from edgecompress.quantize.common import batches, quiet
 from edgecompress.quantize.config import ONNX_OPSET
@@ -104,40 +105,62 @@ def _make_reader(input_name: str, calib: torch.Tensor, batch_size: int) -> Any:
     return TensorReader()
 
 
+ORT_FORMATS = ("qdq", "qoperator")
+ORT_ACTIVATIONS = ("uint8", "int8")
+ORT_CALIBRATIONS = ("minmax", "percentile", "entropy")
+
+
 def quantize_onnx_static(fp32_path: str | Path, out_path: str | Path, calib: torch.Tensor, *,
                          per_channel: bool = True, batch_size: int = 64,
-                         op_types: Sequence[str] | None = None) -> None:
-    """ONNX Runtime static INT8 (QDQ, int8 weights, uint8 activations, MinMax calibration).
+                         op_types: Sequence[str] | None = None, quant_format: str = "qdq",
+                         activations: str = "uint8", reduce_range: bool = False, calibration: str = "minmax",
+                         pre_process: bool = True) -> None:
+    """ONNX Runtime static INT8 (int8 weights), QDQ or QOperator, calibrated on `calib`.
 
     Args:
         op_types: only these ONNX op types are quantized (None = ORT's default set). Detectors pass
             ["Conv"]: their decode tail concatenates pixel coordinates (0..640) with probabilities
             (0..1) in one tensor, which a single uint8 scale would flatten to zero.
+        quant_format: "qdq" (QuantizeLinear/DequantizeLinear pairs that ORT fuses into INT8 kernels)
+            or "qoperator" (QLinearConv etc. written out).
+        activations: "uint8" (asymmetric) or "int8" (symmetric, ORT's S8S8).
+        reduce_range: 7-bit weights (for CPUs without VNNI, whose u8 x s8 pairs saturate 16 bits).
+        calibration: ORT's "minmax", "percentile" (99.999) or "entropy" activation ranges.
+        pre_process: ORT's `quant_pre_process` (shape inference + graph cleanup) first.
     """
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
+    for value, key, allowed in ((quant_format, "quant_format", ORT_FORMATS), (activations, "activations", ORT_ACTIVATIONS),
+                                (calibration, "calibration", ORT_CALIBRATIONS)):
+        check_choice(value, key, allowed)
     out_path = Path(out_path)
     out_path.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=out_path.parent, prefix=f".{out_path.name}.") as tmp:
         tmp = os.path.abspath(tmp)  # the ORT calls below run with it as the cwd
         source, pre, out = os.path.abspath(fp32_path), os.path.join(tmp, "pre.onnx"), os.path.join(tmp, "int8.onnx")
-        try:  # shape inference + graph cleanup: ORT quantizes more ops with it, and warns without
-            # inside the temporary folder: ORT's symbolic shape inference leaves scratch files in the cwd
-            with quiet(), contextlib.chdir(tmp):
-                quant_pre_process(source, pre)
-            source = pre
-        except Exception as exc:  # noqa: BLE001 - optional step
-            log.warning("onnx quant_pre_process failed (%s); quantizing the raw export", exc)
+        if pre_process:
+            try:  # shape inference + graph cleanup: ORT quantizes more ops with it, and warns without
+                # inside the temporary folder: ORT's symbolic shape inference leaves scratch files in the cwd
+                with quiet(), contextlib.chdir(tmp):
+                    quant_pre_process(source, pre)
+                source = pre
+            except Exception as exc:  # noqa: BLE001 - optional step
+                log.warning("onnx quant_pre_process failed (%s); quantizing the raw export", exc)
         input_name = _onnx_input_name(source)
         with quiet(), contextlib.chdir(tmp):
             quantize_static(source, out, _make_reader(input_name, calib, batch_size),
-                            quant_format=QuantFormat.QDQ, per_channel=per_channel,
-                            weight_type=QuantType.QInt8, activation_type=QuantType.QUInt8,
-                            calibrate_method=CalibrationMethod.MinMax,
-                            op_types_to_quantize=list(op_types) if op_types else None)
+                            quant_format=QuantFormat.QDQ if quant_format == "qdq" else QuantFormat.QOperator,
+                            per_channel=per_channel, reduce_range=reduce_range, weight_type=QuantType.QInt8,
+                            activation_type=QuantType.QUInt8 if activations == "uint8" else QuantType.QInt8,
+                            calibrate_method={"minmax": CalibrationMethod.MinMax,
+                                              "percentile": CalibrationMethod.Percentile,
+                                              "entropy": CalibrationMethod.Entropy}[calibration],
+                            op_types_to_quantize=list(op_types) if op_types else None,
+                            extra_options={"ActivationSymmetric": activations == "int8"})
         publish(out, out_path)
-    log.info("ONNX INT8 (QDQ, per_channel=%s): calibrated on %d samples", per_channel, len(calib))
+    log.info("ONNX INT8 (%s, %s activations, per_channel=%s, %s): calibrated on %d samples", quant_format,
+             activations, per_channel, calibration, len(calib))
 
 
 def _onnx_input_name(path: str | Path) -> str:

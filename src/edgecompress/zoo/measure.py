@@ -203,7 +203,8 @@ def static_analysis(model: nn.Module, images: torch.Tensor, targets: tuple[int, 
                     how: Measurement, *, configs: tuple[str, ...], calibration_batch_size: int,
                     batch_size: int) -> dict[str, dict[str, Any]]:
     """FX graph-mode static INT8 per engine (`x86`, `fbgemm`, `qnnpack`: torch's default QConfig mapping
-    for it) and `custom` (`quantize.fx.custom_qconfig` on x86), calibrated on `calibration` images;
+    for it), `custom` (`quantize.fx.custom_qconfig` on x86) and `vnni` (`quantize.fx.vnni_qconfig_mapping`
+    on x86), calibrated on `calibration` images;
     latency at `batch_size`. An engine missing from this torch build, or a model FX cannot trace, is
     recorded as {"skipped": reason} and the others go on."""
     results: dict[str, dict[str, Any]] = {}
@@ -212,7 +213,7 @@ def static_analysis(model: nn.Module, images: torch.Tensor, targets: tuple[int, 
     # function and stay float; the converted graph has no module left to count for them.
     weight_read = len(linear_layers_called(model, images[:1])[1])
     for name in configs:
-        backend, qconfig = ("x86", "custom") if name == "custom" else (name, "default")
+        backend, qconfig = ("x86", name) if name in ("custom", "vnni") else (name, "default")
         try:
             quantized = quantize_static_fx(model, calibration, backend=backend, qconfig=qconfig,
                                            batch_size=calibration_batch_size)

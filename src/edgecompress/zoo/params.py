@@ -12,7 +12,7 @@ from edgecompress.quantize.config import OpenVINOConfig
 from edgecompress.train import TrainParams
 from edgecompress.zoo.weights import OWN_WEIGHTS, PRETRAINED, WEIGHTS_CHOICES, zoo_classifiers
 
-STATIC_QCONFIGS = ("x86", "fbgemm", "qnnpack", "custom")  # FX static INT8 per engine, plus the custom QConfig
+STATIC_QCONFIGS = ("x86", "fbgemm", "qnnpack", "custom", "vnni")  # FX static INT8 per engine, plus two x86 QConfigs
 RUNTIMES = ("compiled", "onnx_fp32", "onnx_int8", "openvino_fp32", "openvino_int8")  # zoo.runtimes.RUNTIMES
 
 
