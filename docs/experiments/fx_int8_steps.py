@@ -1,0 +1,73 @@
+"""Why FX INT8 loses points on MobileNetV2 here, and what each fix buys (issue 15, item 2).
+
+Evaluated on the zoo's 400 images of ../shared/data/imagenet-sample (one per class first); the other
+100 calibrate (never evaluated). Every config is x86-engine FX static INT8 through
+`edgecompress.quantize.fx.quantize_static_fx`, one knob changed at a time. Run from the repo root:
+    .venv/bin/python docs/experiments/fx_int8_steps.py [model] [images] [fallback]
+(the float-fallback search, ~8 min, runs only with the third argument "fallback")
+"""
+import sys
+import time
+import warnings
+
+import torch
+
+from edgecompress.quantize import fx
+from edgecompress.zoo import imagenet, measure, weights
+
+warnings.filterwarnings("ignore")
+torch.set_num_threads(2)
+arch = sys.argv[1] if len(sys.argv) > 1 else "mobilenet_v2"
+root = sys.argv[2] if len(sys.argv) > 2 else "../shared/data/imagenet-sample"
+resolved = weights.resolve_weights([arch], None)[arch]
+model = weights.load_pretrained(resolved)
+subset = imagenet.imagenet_subset(root, imagenet.default_imagenet_classes())
+images = imagenet.load_images(subset.paths, weights.preprocessing(resolved))
+evaluated, targets, spare = images[:400], torch.tensor(subset.targets[:400]), images[400:]
+reference = measure.predict_all(measure.inference_predict(model), evaluated, 50)
+print(f"{arch} fp32 top-1 {(reference.argmax(1) == targets).float().mean():.4f} on {len(evaluated)} images", flush=True)
+
+steps = [  # (label, qconfig, calibration images)
+    ("torch default x86 mapping, 16 calibration images (the zoo's setting)", "default", 16),
+    ("torch default x86 mapping, 100 calibration images", "default", 100),
+    ("activations 8-bit histogram, weights 7-bit (custom)", "custom", 100),
+    ("activations 8-bit histogram, weights 8-bit, depthwise 7-bit (vnni)", "vnni", 100),
+    ("default, ReLU6 split into ReLU + clamp (conv output observed after the ReLU)", "default+split", 100),
+    ("custom, ReLU6 split into ReLU + clamp", "custom+split", 100),
+    ("vnni, ReLU6 split into ReLU + clamp", "vnni+split", 100),
+]
+for label, qconfig, count in steps:
+    start = time.time()
+    qconfig, _, rewrite = qconfig.partition("+")
+    quantized = fx.quantize_static_fx(model, spare[:count], backend="x86", qconfig=qconfig, batch_size=25,
+                                      split_relu6_first=rewrite == "split")
+    with fx.quant_engine("x86"):
+        logits = measure.predict_all(measure.inference_predict(quantized), evaluated, 50)
+    top1 = float((logits.argmax(1) == targets).float().mean())
+    print(f"{label}: top-1 {top1:.4f} {measure.fidelity(reference, logits)} ({time.time() - start:.0f} s)", flush=True)
+
+# Per-layer float fallback, decided on the 100 calibration images only (top-1 agreement with FP32 there),
+# then reported on the 400 evaluated ones.
+from edgecompress.quantize.fallback import float_fallback  # noqa: E402
+
+if sys.argv[3:] != ["fallback"]:
+    sys.exit(0)
+spare_reference = measure.predict_all(measure.inference_predict(model), spare, 50).argmax(1)
+layers = [n for n, m in model.named_modules() if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear))]
+for qconfig in ("custom", "vnni"):
+    def build(float_layers, qconfig=qconfig):
+        return fx.quantize_static_fx(model, spare, backend="x86", qconfig=qconfig, batch_size=25,
+                                     float_layers=float_layers)
+
+    def agreement(quantized):
+        with fx.quant_engine("x86"):
+            return float((measure.predict_all(measure.inference_predict(quantized), spare, 50).argmax(1)
+                          == spare_reference).float().mean())
+
+    found, quantized = float_fallback(build, agreement, layers, target=0.97, max_layers=4)
+    with fx.quant_engine("x86"):
+        logits = measure.predict_all(measure.inference_predict(quantized), evaluated, 50)
+    top1 = float((logits.argmax(1) == targets).float().mean())
+    print(f"{qconfig} + split + float fallback {found.float_layers} (calibration-set agreement "
+          f"{found.baseline:.2f} -> {found.score:.2f}, {found.seconds:.0f} s): top-1 {top1:.4f} "
+          f"{measure.fidelity(reference, logits)}", flush=True)
