@@ -73,8 +73,8 @@ VARIANTS: dict[str, Variant] = {  # in report order
         describe=lambda c: {"method": "ONNX export (torch.export-based exporter)", "opset": ONNX_OPSET}),
     "onnx_int8": Variant(
         "onnx_static", "onnxruntime", int8=True,
-        describe=lambda c: {"method": "ONNX Runtime static quantization", "format": "QDQ", "per_channel": True,
-                            "weights": "int8", "activations": "uint8", **_calibrated(c)}),
+        describe=lambda c: {"method": "ONNX Runtime static quantization", "weights": "int8", **c.onnx.to_dict(),
+                            **_calibrated(c)}),
     "openvino_fp32": Variant(
         "openvino_convert", "openvino", int8=False, fp32=True,
         describe=lambda c: {"method": "OpenVINO conversion (ov.convert_model), FP32 IR"}),
@@ -131,6 +131,29 @@ class OpenVINOConfig(Settings):
               "must be null or an integer >= 1")
 
 
+ORT_FORMATS = ("qdq", "qoperator")
+ORT_ACTIVATIONS = ("uint8", "int8")
+ORT_CALIBRATIONS = ("minmax", "percentile", "entropy")
+
+
+@dataclass(frozen=True)
+class OnnxInt8Config(Settings):
+    """ONNX Runtime static INT8 settings (`quantize.onnx`, `zoo.onnx`); see `quantize.onnx.quantize_onnx_static`
+    and docs/experiments/ort_int8_configs.py for what each one measured."""
+
+    quant_format: str = "qdq"  # qdq | qoperator
+    activations: str = "uint8"  # uint8 (asymmetric) | int8 (symmetric S8S8)
+    per_channel: bool = True  # per-channel weights
+    reduce_range: bool = False  # 7-bit weights (CPUs without VNNI)
+    calibration: str = "minmax"  # minmax | percentile | entropy
+    pre_process: bool = True  # ORT's quant_pre_process first
+
+    def validate(self) -> None:
+        check_choice(self.quant_format, "quant_format", ORT_FORMATS)
+        check_choice(self.activations, "activations", ORT_ACTIVATIONS)
+        check_choice(self.calibration, "calibration", ORT_CALIBRATIONS)
+
+
 @dataclass(frozen=True)
 class QuantizeConfig(Settings):
     """The method part of the `quantize` block (the stage adds its seed, `params.QuantizeParams`)."""
@@ -144,9 +167,18 @@ class QuantizeConfig(Settings):
     qat_lr: float = 0.001
     variants: tuple[str, ...] = tuple(VARIANTS)
     openvino: OpenVINOConfig = field(default_factory=OpenVINOConfig)
+    onnx: OnnxInt8Config = field(default_factory=OnnxInt8Config)
+    max_accuracy_drop: float | None = None  # points on the validation split; over it, layers fall back to float
+    max_float_layers: int = 4  # at most this many layers kept in float by the fallback
+    gate: bool = False  # true: a variant still over max_accuracy_drop fails the stage
 
     def validate(self) -> None:
         check_distinct(self.backends, "backends", STATIC_BACKENDS, non_empty=False)
+        check(self.max_accuracy_drop is None or (math.isfinite(self.max_accuracy_drop) and self.max_accuracy_drop >= 0),
+              "max_accuracy_drop", self.max_accuracy_drop, "must be null or a finite number of points >= 0")
+        check(self.max_float_layers >= 0, "max_float_layers", self.max_float_layers, "must be an integer >= 0")
+        check(not self.gate or self.max_accuracy_drop is not None, "gate", self.gate,
+              "needs quantize.max_accuracy_drop (the budget it enforces)")
         check_distinct(self.variants, "variants", VARIANTS, non_empty=False)
         for key, low in (("calibration_samples", 1), ("calibration_batch_size", 1), ("qat_epochs", 0),
                          ("qat_freeze_observer_epoch", 1), ("qat_freeze_bn_epoch", 0)):

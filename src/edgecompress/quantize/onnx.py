@@ -18,7 +18,7 @@ import torch.nn as nn
 from edgecompress.config import check_choice
 from edgecompress.io import atomic_path, publish
 from edgecompress.quantize.common import batches, quiet
-from edgecompress.quantize.config import ONNX_OPSET
+from edgecompress.quantize.config import ONNX_OPSET, ORT_ACTIVATIONS, ORT_CALIBRATIONS, ORT_FORMATS
 
 log = logging.getLogger(__name__)
 
@@ -105,16 +105,11 @@ def _make_reader(input_name: str, calib: torch.Tensor, batch_size: int) -> Any:
     return TensorReader()
 
 
-ORT_FORMATS = ("qdq", "qoperator")
-ORT_ACTIVATIONS = ("uint8", "int8")
-ORT_CALIBRATIONS = ("minmax", "percentile", "entropy")
-
-
 def quantize_onnx_static(fp32_path: str | Path, out_path: str | Path, calib: torch.Tensor, *,
                          per_channel: bool = True, batch_size: int = 64,
                          op_types: Sequence[str] | None = None, quant_format: str = "qdq",
                          activations: str = "uint8", reduce_range: bool = False, calibration: str = "minmax",
-                         pre_process: bool = True) -> None:
+                         pre_process: bool = True, nodes_to_exclude: Sequence[str] = ()) -> None:
     """ONNX Runtime static INT8 (int8 weights), QDQ or QOperator, calibrated on `calib`.
 
     Args:
@@ -127,6 +122,7 @@ def quantize_onnx_static(fp32_path: str | Path, out_path: str | Path, calib: tor
         reduce_range: 7-bit weights (for CPUs without VNNI, whose u8 x s8 pairs saturate 16 bits).
         calibration: ORT's "minmax", "percentile" (99.999) or "entropy" activation ranges.
         pre_process: ORT's `quant_pre_process` (shape inference + graph cleanup) first.
+        nodes_to_exclude: ONNX node names left in float (`onnx_compute_nodes` lists the candidates).
     """
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
@@ -157,10 +153,19 @@ def quantize_onnx_static(fp32_path: str | Path, out_path: str | Path, calib: tor
                                               "percentile": CalibrationMethod.Percentile,
                                               "entropy": CalibrationMethod.Entropy}[calibration],
                             op_types_to_quantize=list(op_types) if op_types else None,
+                            nodes_to_exclude=list(nodes_to_exclude),
                             extra_options={"ActivationSymmetric": activations == "int8"})
         publish(out, out_path)
     log.info("ONNX INT8 (%s, %s activations, per_channel=%s, %s): calibrated on %d samples", quant_format,
              activations, per_channel, calibration, len(calib))
+
+
+def onnx_compute_nodes(path: str | Path) -> list[str]:
+    """Names of the Conv/Gemm/MatMul nodes of an ONNX file: what `nodes_to_exclude` can keep in float."""
+    import onnx
+
+    return [node.name for node in onnx.load(str(path), load_external_data=False).graph.node
+            if node.op_type in ("Conv", "Gemm", "MatMul")]
 
 
 def _onnx_input_name(path: str | Path) -> str:

@@ -210,6 +210,14 @@ def openvino_layer_summary(path: str | Path) -> dict[str, Any]:
     return summary
 
 
+def openvino_compute_nodes(path: str | Path) -> list[str]:
+    """Names of the convolutions and matmuls of an FP32 IR: what NNCF's ignored scope can keep in float."""
+    import openvino as ov
+
+    return [op.get_friendly_name() for op in ov.Core().read_model(str(path)).get_ops()
+            if op.get_type_name() in LAYER_TYPES]
+
+
 def openvino_weights_bytes(path: str | Path) -> int:
     """Bytes of the IR's weights file (`.bin`)."""
     return os.path.getsize(Path(path).with_suffix(".bin"))
