@@ -1,26 +1,33 @@
 """Stage `quantize`: every quantized variant of the pruned model as a self-contained artifact
-(TorchScript or ONNX, loadable without edgecompress), each reloaded from disk and evaluated on the test
-split: accuracy, agreement with FP32, size, quantized vs float layers, settings.
+(TorchScript, ONNX or OpenVINO IR, loadable without edgecompress), each reloaded from disk and evaluated
+on the test split: accuracy, agreement with FP32, size, quantized vs float layers, settings. Every INT8
+variant's drop is also measured on the validation split, where the quality gate (`quantize.gate`)
+decides: over `quantize.max_accuracy_drop`, layers fall back to float. Artifacts are built in a staging
+folder and moved into place only when every variant passed, so a failed gate leaves the previous ones.
 
 With `train.nproc > 1` the stage runs under torchrun: quantization-aware training is data-parallel
 (DistributedDataParallel over the ranks, as in the training stages); rank 0 alone builds the other
 variants, measures them and writes every output, the other ranks only join the QAT epochs."""
 
+import os
+import tempfile
 from dataclasses import asdict
 from functools import partial
+from pathlib import Path
 
 from edgecompress import EdgecompressError, distributed
+from edgecompress.bench.timing import latency_sweep
 from edgecompress.classifier import EVAL_BATCH_SIZE
 from edgecompress.data import load_meta, make_loader
 from edgecompress.distill import hard_label_loss
-from edgecompress.io import file_size_mb, write_json
+from edgecompress.io import write_json
 from edgecompress.models import load_checkpoint
 from edgecompress.params import Params
 from edgecompress.quantize import fx
-from edgecompress.quantize.artifacts import (artifact_path, build_variant, max_abs_logit_diff, measure_variant,
-                                             quality_targets, weights_payload_bytes)
-from edgecompress.quantize.common import BackendUnsupported, calibration_tensors
-from edgecompress.quantize.config import VARIANTS, variant_names
+from edgecompress.quantize.artifacts import quality_targets
+from edgecompress.quantize.common import calibration_tensors
+from edgecompress.quantize.config import variant_names
+from edgecompress.quantize.gate import build_all_variants, check_gates
 from edgecompress.runtime import seed_everything
 from edgecompress.stage import log, open_live, read_training_params, run_stage, stage_args
 from edgecompress.train import evaluate, fit
@@ -62,30 +69,22 @@ def main() -> None:
         return
     evaluate_fn = partial(evaluate, loader=loader("test", batch_size=EVAL_BATCH_SIZE, train=False),
                           num_classes=meta["num_classes"])
-    fp32 = evaluate_fn(model)
-    fp32_path = artifact_path(args.out_dir, "fp32")
-    fx.save_torchscript(model, calib[:2], fp32_path, metadata={"variant": "fp32"})
-    fp32_mb = file_size_mb(fp32_path)
-    results = {"fp32": {"accuracy": round(fp32["accuracy"], 6), "size_mb": round(fp32_mb, 4),
-                        "weights_mb": round(weights_payload_bytes(fp32_path) / 1e6, 4), "artifact": fp32_path.name}}
+    validate_fn = partial(evaluate, loader=loader("val", batch_size=EVAL_BATCH_SIZE, train=False),
+                          num_classes=meta["num_classes"])
 
-    for name in variant_names(cfg):
-        if name == "qat" and cfg.qat_epochs == 0:
-            results[name] = {"skipped": "quantize.qat_epochs is 0"}
-            continue
-        try:
-            variant = build_variant(name, model, calib=calib, config=cfg, out_dir=args.out_dir, qat_train=qat_train)
-        except BackendUnsupported as exc:
-            log.warning("%s skipped: %s", name, exc)
-            results[name] = {"skipped": str(exc)}
-            continue
-        results[name] = measure_variant(variant, evaluate_fn=evaluate_fn, fp32=fp32, fp32_size_mb=fp32_mb)
-        if name == "qat":
-            results[name]["processes"] = distributed.world_size()  # data-parallel QAT ranks
-        if VARIANTS[name].fp32:  # an FP32 export must compute what the torch model computes
-            results[name]["max_abs_logit_diff_vs_torch"] = max_abs_logit_diff(variant.path, model, calib[:64])
-        log.info("%s: accuracy %.4f (FP32 %.4f), %.3f MB", name, results[name]["accuracy"], fp32["accuracy"],
-                 results[name]["size_mb"])
+    def timer(predict) -> float:  # what float layers cost: ms/sample at batch 8, the benchmark's timer
+        return latency_sweep(predict, calib[:8], batch_sizes=(8,), warmup=3, repeats=10,
+                             min_time_s=0.2)["latency_ms"]["8"]["median"]
+
+    Path(args.out_dir).mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix=".staging-", dir=args.out_dir) as staging:
+        results, gates = build_all_variants(model, staging, calib=calib, config=cfg, qat_train=qat_train,
+                                            evaluate_fn=evaluate_fn, validate_fn=validate_fn, timer=timer)
+        check_gates(gates, cfg)  # before anything is moved into place
+        if "accuracy" in results.get("qat", {}):
+            results["qat"]["processes"] = distributed.world_size()  # data-parallel QAT ranks
+        for name in os.listdir(staging):
+            os.replace(Path(staging, name), Path(args.out_dir, name))
     write_json(args.metrics, {"variants": results, "targets": quality_targets(results), "config": cfg.to_dict()})
 
 

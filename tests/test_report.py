@@ -288,3 +288,21 @@ def test_missing_metrics_file_is_named(tmp_path, name):
     with pytest.raises(EdgecompressError, match=re.escape(f"{name}.json")):
         report.build_report(metrics_dir, tmp_path / "plots", tmp_path / "REPORT.md", params={})
     assert not (tmp_path / "REPORT.md").exists()
+
+
+def test_same_runtime_speedups_pair_each_int8_variant_with_its_runtimes_fp32():
+    sp = {name: {"latency_ms": ms} for name, ms in
+          {"pruned": 0.3, "ptq_x86": 0.1, "onnx_fp32": 0.2, "onnx_int8": 0.25, "openvino_fp32": 0.15,
+           "openvino_int8": 0.075}.items()}
+    assert chain_metrics.same_runtime_speedups(sp) == [("onnx_int8", "onnx_fp32", 0.8),
+                                                       ("openvino_int8", "openvino_fp32", 2.0)]
+
+
+def test_gate_note_names_each_variants_validation_drop_and_its_float_layers():
+    qvars = {"fp32": {}, "ptq_x86": {"gate": {"val_drop_points": 0.0, "budget_points": 1.0, "float_layers": [],
+                                              "met": True}},
+             "onnx_int8": {"gate": {"val_drop_points": 1.5, "budget_points": 1.0, "float_layers": ["node_Conv_3"],
+                                    "met": False, "latency_ms": {"all_int8": 0.1, "with_float_layers": 0.12}}}}
+    assert chain_metrics.gate_note(qvars) == (
+        "Quality gate, drop in points on the validation split (budget: 1.0): `ptq_x86` +0.00; `onnx_int8` +1.50 "
+        "with 1 float layer(s) (node_Conv_3; 0.12 vs 0.1 ms/sample all-INT8) — over budget.")

@@ -36,9 +36,9 @@ def builder(name: str) -> Callable[[Builder], Builder]:
 
 
 @builder("static_ptq")
-def _static_ptq(model, *, calib, config, path, qat_train, backend: str, qconfig: str):
+def _static_ptq(model, *, calib, config, path, qat_train, backend: str, qconfig: str, float_layers=()):
     fx.check_backend(backend)
-    return fx.quantize_static_fx(model, calib, backend=backend, qconfig=qconfig,
+    return fx.quantize_static_fx(model, calib, backend=backend, qconfig=qconfig, float_layers=float_layers,
                                  batch_size=config.calibration_batch_size), {}
 
 
@@ -69,13 +69,14 @@ def _onnx_export(model, *, calib, config, path, qat_train):
 
 
 @builder("onnx_static")
-def _onnx_static(model, *, calib, config, path, qat_train):
+def _onnx_static(model, *, calib, config, path, qat_train, float_layers=()):
     fp32 = artifact_path(path.parent, "onnx_fp32")  # quantize the FP32 export when it was built already
     with tempfile.TemporaryDirectory() as tmp:
         source = fp32 if fp32.is_file() else Path(tmp) / "fp32.onnx"
         if source != fp32:
             onnx.export_onnx(model, calib[:2], source)
-        onnx.quantize_onnx_static(source, path, calib, batch_size=config.calibration_batch_size)
+        onnx.quantize_onnx_static(source, path, calib, batch_size=config.calibration_batch_size,
+                                  nodes_to_exclude=float_layers, **config.onnx.to_dict())
     return None, {}
 
 
@@ -86,17 +87,49 @@ def _openvino_convert(model, *, calib, config, path, qat_train):
 
 
 @builder("openvino_nncf")
-def _openvino_nncf(model, *, calib, config, path, qat_train):
+def _openvino_nncf(model, *, calib, config, path, qat_train, float_layers=()):
     fp32 = artifact_path(path.parent, "openvino_fp32")  # quantize the FP32 IR when it was built already
     source = fp32 if fp32.is_file() else openvino.convert_to_openvino(model, calib[:2], path.with_name(".fp32.xml"))
     settings = config.openvino
+    scope = settings.ignored_scope.to_dict()
+    scope["names"] = [*scope["names"], *float_layers]
     openvino.quantize_openvino(source, calib, path, batch_size=config.calibration_batch_size,
                                preset=settings.preset, fast_bias_correction=settings.fast_bias_correction,
-                               model_type=settings.model_type, ignored_scope=settings.ignored_scope.to_dict(),
-                               subset_size=settings.subset_size)
+                               model_type=settings.model_type, ignored_scope=scope, subset_size=settings.subset_size)
     for leftover in (path.with_name(".fp32.xml"), path.with_name(".fp32.bin")):
         leftover.unlink(missing_ok=True)
     return None, {}
+
+
+def _fx_layers(model: nn.Module, folder: Path, calib: torch.Tensor) -> list[str]:
+    return [name for name, m in model.named_modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
+
+
+def _onnx_layers(model: nn.Module, folder: Path, calib: torch.Tensor) -> list[str]:
+    fp32 = artifact_path(folder, "onnx_fp32")
+    if not fp32.is_file():
+        onnx.export_onnx(model, calib[:2], fp32)
+    return onnx.onnx_compute_nodes(fp32)
+
+
+def _openvino_layers(model: nn.Module, folder: Path, calib: torch.Tensor) -> list[str]:
+    fp32 = artifact_path(folder, "openvino_fp32")
+    if not fp32.is_file():
+        openvino.convert_to_openvino(model, calib[:2], fp32)
+    return openvino.openvino_compute_nodes(fp32)
+
+
+# builder -> the names of the layers it can keep in float (float fallback's candidates); a builder
+# missing here (QAT, FP16, dynamic, exports) takes no float_layers.
+FALLBACK_LAYERS: dict[str, Callable[[nn.Module, Path, torch.Tensor], list[str]]] = {
+    "static_ptq": _fx_layers, "onnx_static": _onnx_layers, "openvino_nncf": _openvino_layers}
+
+
+def fallback_candidates(name: str, model: nn.Module, folder: str | Path, calib: torch.Tensor) -> list[str] | None:
+    """The layers variant `name` could keep in float (FP32 exports it needs are written to `folder`), or
+    None when its builder has no per-layer fallback."""
+    lister = FALLBACK_LAYERS.get(VARIANTS[name].builder)
+    return None if lister is None else lister(model, Path(folder), calib)
 
 
 @dataclass(frozen=True)
@@ -142,13 +175,15 @@ class BuiltVariant:
 
 
 def build_variant(name: str, model: nn.Module, *, calib: torch.Tensor, config: QuantizeConfig,
-                  out_dir: str | Path, qat_train: Any = None) -> BuiltVariant:
+                  out_dir: str | Path, qat_train: Any = None, float_layers: tuple[str, ...] = ()) -> BuiltVariant:
     """Build variant `name` from the float `model` and write its artifact.
 
     Args:
         calib: calibration images (normalised, N x C x H x W); `calib[:2]` traces exports.
         qat_train: callable(prepared_model) -> None that fine-tunes a QAT-prepared model (the stage
             passes the shared training loop); required for "qat".
+        float_layers: layers kept in float (names from `fallback_candidates`); only builders with a
+            candidate lister take them.
     Raises:
         BackendUnsupported: the variant's engine is not in this torch build.
     """
@@ -156,8 +191,9 @@ def build_variant(name: str, model: nn.Module, *, calib: torch.Tensor, config: Q
         raise EdgecompressError(f"quantize.variants: unknown variant '{name}'; allowed: {', '.join(VARIANTS)}")
     entry = VARIANTS[name]
     path = artifact_path(out_dir, name)
+    options = {**entry.options, **({"float_layers": tuple(float_layers)} if float_layers else {})}
     built, extra = BUILDERS[entry.builder](model, calib=calib, config=config, path=path, qat_train=qat_train,
-                                           **entry.options)
+                                           **options)
     if built is not None:
         fx.save_torchscript(built, calib[:2], path, metadata={"variant": name})
     return BuiltVariant(path, built, {**entry.describe(config), **extra})

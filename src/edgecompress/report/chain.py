@@ -1,8 +1,8 @@
 """The chain's REPORT.md, computed from the metrics files only (`chain_metrics.load_metrics`): every
 number is read from `metrics/{teacher,student_baseline,distill,prune,quantize,benchmark}.json` or
 derived from them (ratios, differences); nothing is typed by hand. One function per section, each
-returning its lines and adding what deserves a note to the shared list of notes. (A little over 400
-lines: the eleven sections of one document, kept together so the report reads top to bottom.)
+returning its lines and adding what deserves a note to the shared list of notes. (About 400 lines:
+the eleven sections of one document, kept together so the report reads top to bottom.)
 """
 
 from __future__ import annotations
@@ -15,7 +15,8 @@ from edgecompress import EdgecompressError
 from edgecompress.io import write_text
 from edgecompress.markdown import cell, markdown_table, percent, relative_link, signed_points, thousands, times
 from edgecompress.report.chain_metrics import (batch_keys, latency, load_metrics, measured_entry, ordered_variants,
-                                               performance_goals, ratio, speedups)
+                                               gate_note, performance_goals, ratio, same_runtime_speedups,
+                                               speedups)
 from edgecompress.report.chain_plots import PLOT_FILES
 
 SECTIONS = ("Summary", "Results", "Knowledge distillation", "Pruning", "Quantization", "Speedups", "Goals",
@@ -287,6 +288,7 @@ def _quantization_notes(r: _Report, qvars: dict, fp32: dict) -> list[str]:
             r.notes.append(f"Dynamic quantization does not apply to Conv2d: {lay['float_layers']['Conv2d']} Conv2d "
                            "layers stay float32.")
         notes.append(line)
+    notes += [gate_note(qvars)] if any("gate" in e for e in qvars.values()) else []
     fp16 = qvars.get("fp16", {})
     if "settings" in fp16:
         notes.append(f"FP16 compute mode: {fp16['settings'].get('compute', 'not recorded')}.")
@@ -314,10 +316,13 @@ def _speedups(r: _Report) -> list[str]:
            f"FP32 `pruned` ({_ms_value(bench, 'pruned', '8')} ms), the best FP32 runtime "
            f"`{best_fp32 or 'none'}` ({_ms_value(bench, best_fp32, '8')} ms) and the teacher "
            f"({_ms_value(bench, 'teacher', '8')} ms).", ""]
+    pairs = [f"`{n}` {times(x)} `{f}`" + (" (slower than its own FP32)" if x < 1 else "")
+             for n, f, x in same_runtime_speedups(sp8)]
     return out + markdown_table(
         ["Variant", "ms/sample b8", "vs eager FP32 pruned", "vs best FP32 runtime", "vs teacher"],
         [[f"`{n}`", _ms(bench, n, "8"), times(v["vs_pruned_eager"]), times(v["vs_best_fp32"]),
-          times(v["vs_teacher"])] for n, v in sp8.items()])
+          times(v["vs_teacher"])] for n, v in sp8.items()]) + (
+        ["", "INT8 against the same runtime's FP32 at batch 8: " + ", ".join(pairs) + "."] if pairs else [])
 
 
 def _goals(r: _Report) -> list[str]:

@@ -112,6 +112,31 @@ def speedups(bench: dict, batch: str = "8") -> dict:
     return out
 
 
+def same_runtime_speedups(sp: dict) -> list[tuple[str, str, float]]:
+    """(INT8 variant, the FP32 variant of the same runtime, FP32 latency / INT8 latency) for each pair in
+    `speedups`' output: e.g. whether ONNX Runtime INT8 beats ONNX Runtime FP32 at all."""
+    return [(n, f, sp[f]["latency_ms"] / sp[n]["latency_ms"]) for n in sp for f in sp
+            if is_int8_variant(n) and f in fp32_runtime_variants() and VARIANTS[f].runtime == VARIANTS[n].runtime]
+
+
+def gate_note(qvars: dict) -> str:
+    """The quality gate's sentence: each INT8 variant's drop on the validation split, the layers the
+    fallback kept in float and what they cost in latency."""
+    gated = {n: e["gate"] for n, e in qvars.items() if "gate" in e}
+    budget = next(iter(gated.values()))["budget_points"]
+
+    def one(name: str, g: dict) -> str:
+        text = f"`{name}` {g['val_drop_points']:+.2f}"
+        if g["float_layers"]:
+            cost = g.get("latency_ms", {})
+            text += (f" with {len(g['float_layers'])} float layer(s) ({', '.join(g['float_layers'])}; "
+                     f"{cost.get('with_float_layers', '?')} vs {cost.get('all_int8', '?')} ms/sample all-INT8)")
+        return text + ("" if g["met"] else " — over budget")
+
+    return (f"Quality gate, drop in points on the validation split (budget: {budget}): "
+            + "; ".join(one(n, g) for n, g in gated.items()) + ".")
+
+
 def _goal(value: float | None, goal: str, variant: str | None, reference: str | None, **bound: float) -> dict:
     entry = {"value": None, "goal": goal, "met": False} if value is None else target(value, goal=goal, **bound)
     return {**entry, "variant": variant, "reference": reference}
