@@ -12,7 +12,7 @@ from edgecompress.zoo.measure import (DYNAMIC_NOTE, Measurement, dynamic_analysi
                                       zoo_inputs)
 from edgecompress.zoo.params import ZooPipelineParams
 from edgecompress.zoo.report import write_plots
-from edgecompress.zoo.runtimes import runtime_analysis
+from edgecompress.zoo.runtimes import Gate, runtime_analysis
 from edgecompress.zoo.weights import load_pretrained, preprocessing
 
 
@@ -40,14 +40,16 @@ def main() -> None:
         results[arch]["runtimes"] = runtime_analysis(
             model, images, subset.targets, calibration, how, names=measured,
             batch_sizes=params.runtime_batch_sizes, threads=params.threads,
-            calibration_batch_size=params.calibration_batch_size, openvino=params.openvino)
+            calibration_batch_size=params.calibration_batch_size, openvino=params.openvino, onnx=params.onnx,
+            gate=Gate(params.max_accuracy_drop, params.max_float_layers, inputs.calibration_targets))
         log.info("%s: %s", arch, {k: v.get("top1", "skipped") for k, v in
                                   {"dynamic": results[arch].get("dynamic", {}), **results[arch]["static"],
                                    **results[arch]["runtimes"]}.items()})
     metrics = {"models": results, "dynamic_note": DYNAMIC_NOTE, "static_configs": list(params.static),
                "static_batch_size": params.static_batch_size, "batch_sizes": list(how.batch_sizes),
                "runtimes": list(params.runtimes), "runtime_batch_sizes": list(params.runtime_batch_sizes),
-               "runtimes_on": params.runtimes_on,
+               "runtimes_on": params.runtimes_on, "onnx_int8": params.onnx.to_dict(),
+               "openvino_int8": params.openvino.to_dict(),
                "calibration": {"images": len(inputs.calibration), "batches": params.calibration_batches,
                                "batch_size": params.calibration_batch_size,
                                "source": "the subset's images after the evaluated ones (never evaluated)"},

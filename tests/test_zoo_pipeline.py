@@ -32,10 +32,11 @@ def test_zoo_pipeline_smoke_run_random_weights(repo_copy: Path, tmp_path: Path) 
     params_path = repo_copy / "pipelines" / "zoo" / "params.yaml"
     params = deep_update(yaml.safe_load(params_path.read_text()), {
         "zoo": {"images": str(images), "max_images": 3, "warmup": 0, "repeats": 3, "threads": 1,
-                "batch_sizes": [1, 2], "static_batch_size": 2, "calibration_batch_size": 2, "eval_batch_size": 2,
+                "batch_sizes": [1, 2], "static_batch_size": 2, "calibration_batches": 1, "calibration_batch_size": 2, "eval_batch_size": 2,
                 # torch.compile has its own tests (test_bench); here the exported runtimes, at two batch sizes
                 "runtimes": ["onnx_fp32", "onnx_int8", "openvino_fp32", "openvino_int8"], "runtime_batch_sizes": [1, 2],
-                "runtimes_on": "all"},
+                "runtimes_on": "all", "dynamic": True, "static": ["x86", "qnnpack", "custom", "vnni"],
+                "max_accuracy_drop": 100.0},  # the gate measured and recorded; no fallback search (own test)
         "finetune": {"arch": "mobilenet_v3_small", "weights": "random", "train_stages": ["classifier"], "epochs": 1,
                      "data": {"root": str(cifar), "val_fraction": 0.25},
                      "train": {"device": "cpu", "batch_size": 8, "amp": False}},
@@ -58,13 +59,15 @@ def test_zoo_pipeline_smoke_run_random_weights(repo_copy: Path, tmp_path: Path) 
     assert small["dynamic"]["layers"]["float_layers"]["Conv2d"] > 0
     assert quant["models"]["squeezenet1_1"]["dynamic"]["layers"]["quantized"] == 0  # no Linear layer at all
     for entry in quant["models"].values():
-        assert set(entry["static"]) == {"x86", "fbgemm", "qnnpack", "custom"}
+        assert set(entry["static"]) == {"x86", "qnnpack", "custom", "vnni"}
         runtimes = entry["runtimes"]
         assert set(runtimes) == {"onnx_fp32", "onnx_int8", "openvino_fp32", "openvino_int8"}
         for name in ("onnx_fp32", "openvino_fp32"):  # the FP32 exports compute what eager computes
             assert runtimes[name]["top1_agreement"] == 1.0 and runtimes[name]["sqnr_db"] > 40, name
         for name in ("onnx_int8", "openvino_int8"):
             assert runtimes[name]["layers"]["quantized"] > 0 and set(runtimes[name]["latency_ms"]) == {"1", "2"}
+            gate = runtimes[name]["gate"]
+            assert gate["met"] and gate["judged_on"] == "2 calibration images" and gate["float_layers"] == []
     finetune = json.loads((zoo_dir / "metrics" / "finetune_cifar100.json").read_text())
     assert finetune["weights"].startswith("random") and finetune["arch"] == "mobilenet_v3_small"
     for plot in ("zoo_accuracy_vs_latency", "batch_size_analysis_combined", "static_quant_analysis"):

@@ -125,7 +125,7 @@ class Measurement:
                    min_time_s=params.min_time_s, eval_batch_size=params.eval_batch_size)
 
 
-def _latency_sweep(predict: Any, images: torch.Tensor, how: Measurement,
+def latency_at_batch_sizes(predict: Any, images: torch.Tensor, how: Measurement,
                    batch_sizes: tuple[int, ...] | None = None) -> dict[str, Any]:
     return latency_sweep(predict, images, batch_sizes=batch_sizes or how.batch_sizes, warmup=how.warmup,
                          repeats=how.repeats, min_time_s=how.min_time_s)
@@ -142,7 +142,7 @@ def measure(predict: Any, images: torch.Tensor, targets: tuple[int, ...], how: M
     result = {**accuracy, "top1_interval95": accuracy_interval(correct, len(targets))}
     if reference is not None:
         result.update(fidelity(reference, logits))
-    return {**result, **_latency_sweep(predict, images, how, batch_sizes)}
+    return {**result, **latency_at_batch_sizes(predict, images, how, batch_sizes)}
 
 
 def benchmark_model(resolved: ResolvedWeights, images: torch.Tensor, targets: tuple[int, ...],
@@ -175,7 +175,7 @@ def fp32_latency(model: nn.Module, images: torch.Tensor, how: Measurement) -> di
     """The FP32 model's latency sweep, measured in the quantization stage itself right before its
     quantized versions: on a shared machine, timings taken minutes apart in another stage differ by
     more than dynamic quantization changes a CNN."""
-    return _latency_sweep(inference_predict(model), images, how)
+    return latency_at_batch_sizes(inference_predict(model), images, how)
 
 
 def failure(exc: Exception, what: str) -> dict[str, str]:
@@ -248,6 +248,7 @@ class ZooInputs:
     models: dict[str, ResolvedWeights]
     evaluation: Subset
     calibration: tuple[Path, ...]
+    calibration_targets: tuple[int, ...]  # their classes (the quality gate's labels)
     description: dict[str, Any]  # for metrics: where the images and class list came from
 
 
@@ -263,4 +264,5 @@ def zoo_inputs(params: ZooParams, *, calibration_images: int = 0) -> ZooInputs:
     evaluation, calibration = evaluation_and_calibration(subset, params.max_images, calibration_images)
     description = {"root": str(params.images), "count": len(evaluation.paths),
                    "classes": evaluation.num_classes_present, "available": len(subset.paths), "class_list": class_list}
-    return ZooInputs(models, evaluation, calibration, description)
+    first = len(evaluation.paths)
+    return ZooInputs(models, evaluation, calibration, subset.targets[first:first + len(calibration)], description)

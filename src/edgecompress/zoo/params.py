@@ -4,11 +4,12 @@ before any stage works (`stage.read_params(path, ZooPipelineParams)`)."""
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 from edgecompress.config import Settings, check, check_choice, check_distinct, is_batch_list
 from edgecompress.data import AugmentParams, DataParams
-from edgecompress.quantize.config import OpenVINOConfig
+from edgecompress.quantize.config import OnnxInt8Config, OpenVINOConfig
 from edgecompress.train import TrainParams
 from edgecompress.zoo.weights import OWN_WEIGHTS, PRETRAINED, WEIGHTS_CHOICES, zoo_classifiers
 
@@ -40,6 +41,9 @@ class ZooParams(Settings):
     runtime_batch_sizes: tuple[int, ...] = (1, 8)  # their latency at these batch sizes (each one of batch_sizes)
     runtimes_on: str = PRETRAINED  # pretrained: only models with real weights (random ones are smoke stand-ins) | all
     openvino: OpenVINOConfig = field(default_factory=OpenVINOConfig)  # NNCF's settings for openvino_int8
+    onnx: OnnxInt8Config = field(default_factory=OnnxInt8Config)  # ONNX Runtime's settings for onnx_int8
+    max_accuracy_drop: float | None = None  # quality gate of onnx_int8/openvino_int8: top-1 points on the calibration images
+    max_float_layers: int = 4  # at most this many nodes kept float by the fallback
 
     def validate(self) -> None:
         known = zoo_classifiers()
@@ -64,6 +68,9 @@ class ZooParams(Settings):
         check(self.calibration_batch_size >= 1, "calibration_batch_size", self.calibration_batch_size,
               "must be an integer >= 1")
         check_distinct(self.runtimes, "runtimes", RUNTIMES, non_empty=False)
+        check(self.max_accuracy_drop is None or (math.isfinite(self.max_accuracy_drop) and self.max_accuracy_drop >= 0),
+              "max_accuracy_drop", self.max_accuracy_drop, "must be null or a finite number of points >= 0")
+        check(self.max_float_layers >= 0, "max_float_layers", self.max_float_layers, "must be an integer >= 0")
         check_choice(self.runtimes_on, "runtimes_on", (PRETRAINED, "all"))
         check(is_batch_list(self.runtime_batch_sizes) and set(self.runtime_batch_sizes) <= set(self.batch_sizes),
               "runtime_batch_sizes", self.runtime_batch_sizes,

@@ -228,7 +228,7 @@ def render_report(zoo: dict[str, Any], quant: dict[str, Any], plots: dict[str, s
     lines += ["## Static INT8, FX graph mode (stage zoo_quantize)", "",
               f"Calibrated on {quant['calibration']['images']} images ({quant['calibration']['batches']} batch(es) of "
               f"{quant['calibration']['batch_size']}) that are not among the evaluated ones; latency at batch {batch}. "
-              f"`custom`: HistogramObserver activations (full 8-bit range) + 7-bit per-channel symmetric MinMax weights (`quantize.custom_qconfig`). Agreement: share of images whose top-1 class equals FP32's; SQNR: of the logits vs FP32.", ""]
+              f"`custom`: HistogramObserver activations (full 8-bit range) + 7-bit per-channel symmetric MinMax weights (`quantize.fx.custom_qconfig`); `vnni`: the same activations, 8-bit weights, 7-bit only on depthwise convolutions (`quantize.fx.vnni_qconfig_mapping`). Every config quantizes the model with ReLU6 split into ReLU + clamp (same function; the convolution's output range then excludes the negative pre-activations). Agreement: share of images whose top-1 class equals FP32's; SQNR: of the logits vs FP32.", ""]
     rows = []
     for arch, e in zoo["models"].items():
         for name, s in quant["models"].get(arch, {}).get("static", {}).items():
@@ -278,7 +278,28 @@ def _runtimes_section(zoo: dict[str, Any], quant: dict[str, Any]) -> list[str]:
                            else f"{fastest[b][1] / ms(entry, b):.2f}× ({fastest[b][0]})" for b in batches]])
     return lines + markdown_table(["model", "variant", "precision", "top-1 %", "agreement %", "size MB", "compile s",
                                    *[f"ms/image b{b}" for b in batches],
-                                   *[f"vs fastest FP32 b{b}" for b in batches]], rows)
+                                   *[f"vs fastest FP32 b{b}" for b in batches]], rows) + _gate_lines(quant)
+
+
+def _gate_lines(quant: dict[str, Any]) -> list[str]:
+    """The quality gate (`zoo.max_accuracy_drop`) of each INT8 runtime: its drop on the calibration images,
+    the nodes the fallback kept float and the all-INT8 figures they replaced."""
+    lines = []
+    for arch, model in quant["models"].items():
+        for name, entry in model.get("runtimes", {}).items():
+            gate = entry.get("gate")
+            if not gate:
+                continue
+            text = (f"- {arch} `{name}`: drop {gate['drop_points']:.2f} top-1 points on the {gate['judged_on']} "
+                    f"(budget {gate['budget_points']}, {'met' if gate['met'] else 'missed'})")
+            if gate["float_layers"]:
+                before = gate["all_int8"]
+                text += (f" with {len(gate['float_layers'])} of {gate['candidates']} nodes float "
+                         f"({', '.join(gate['float_layers'])}); all-INT8: drop {before['drop_points']:.2f} points, "
+                         f"{before['latency_ms_b8']:.2f} ms/image at batch 8")
+            lines.append(text + ".")
+    return (["", "Quality gate (drop vs FP32 on the calibration images, never on the evaluated ones):", ""] + lines
+            if lines else [])
 
 
 def _goals_section(zoo: dict[str, Any], quant: dict[str, Any]) -> list[str]:

@@ -9,6 +9,8 @@ from __future__ import annotations
 import logging
 import tempfile
 import time
+from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any, Callable
 
@@ -16,10 +18,13 @@ import torch
 from torch import nn
 
 from edgecompress.quantize.artifacts import artifact_bytes, artifact_layer_summary
-from edgecompress.quantize.config import OpenVINOConfig
-from edgecompress.quantize.onnx import OnnxModel, export_onnx, quantize_onnx_static
-from edgecompress.quantize.openvino import OpenVINOModel, convert_to_openvino, quantize_openvino
-from edgecompress.zoo.measure import Measurement, failure, inference_predict, measure, predict_all
+from edgecompress.quantize.config import OnnxInt8Config, OpenVINOConfig
+from edgecompress.quantize.fallback import float_fallback
+from edgecompress.quantize.onnx import OnnxModel, export_onnx, onnx_compute_nodes, quantize_onnx_static
+from edgecompress.quantize.openvino import (OpenVINOModel, convert_to_openvino, openvino_compute_nodes,
+                                            quantize_openvino)
+from edgecompress.zoo.measure import (Measurement, failure, inference_predict, latency_at_batch_sizes, measure,
+                                      predict_all, topk_from_logits)
 from edgecompress.zoo.params import RUNTIMES  # noqa: F401 - the names this module measures, validated there
 
 log = logging.getLogger(__name__)
@@ -42,9 +47,10 @@ def _compiled(model: nn.Module, images: torch.Tensor, batch_sizes: tuple[int, ..
 
 
 def _build(name: str, model: nn.Module, calibration: torch.Tensor, folder: Path, *, threads: int,
-           calibration_batch_size: int, openvino: OpenVINOConfig) -> tuple[Path, Callable]:
+           calibration_batch_size: int, openvino: OpenVINOConfig, onnx: OnnxInt8Config,
+           float_layers: tuple[str, ...] = ()) -> tuple[Path, Callable]:
     """Write runtime `name`'s artifact under `folder` (the FP32 export first, when its INT8 needs it)
-    and load it back as images -> logits."""
+    and load it back as images -> logits; `float_layers` (ONNX / OpenVINO node names) stay float."""
     example = calibration[:2]
     if name.startswith("onnx"):
         fp32 = folder / "onnx_fp32.onnx"
@@ -52,22 +58,64 @@ def _build(name: str, model: nn.Module, calibration: torch.Tensor, folder: Path,
             export_onnx(model, example, fp32)
         path = fp32 if name == "onnx_fp32" else folder / "onnx_int8.onnx"
         if name == "onnx_int8":
-            quantize_onnx_static(fp32, path, calibration, batch_size=calibration_batch_size)
+            quantize_onnx_static(fp32, path, calibration, batch_size=calibration_batch_size,
+                                 nodes_to_exclude=float_layers, **onnx.to_dict())
         return path, OnnxModel(path, threads=threads).forward
     fp32 = folder / "openvino_fp32.xml"
     if not fp32.is_file():
         convert_to_openvino(model, example, fp32)
     path = fp32 if name == "openvino_fp32" else folder / "openvino_int8.xml"
     if name == "openvino_int8":
+        scope = openvino.ignored_scope.to_dict()
+        scope["names"] = [*scope["names"], *float_layers]
         quantize_openvino(fp32, calibration, path, batch_size=calibration_batch_size, preset=openvino.preset,
                           fast_bias_correction=openvino.fast_bias_correction, model_type=openvino.model_type,
-                          ignored_scope=openvino.ignored_scope.to_dict(), subset_size=openvino.subset_size)
+                          ignored_scope=scope, subset_size=openvino.subset_size)
     return path, OpenVINOModel(path, threads=threads).forward
+
+
+@dataclass(frozen=True)
+class Gate:
+    """The zoo's quality gate: judged on the calibration images (labelled, never evaluated)."""
+
+    max_accuracy_drop: float | None  # top-1 points vs FP32 on those images; None = off
+    max_float_layers: int
+    targets: tuple[int, ...]  # the calibration images' classes
+
+
+def _gated_build(name: str, build: Callable[[tuple[str, ...]], tuple[Path, Callable]], model: nn.Module,
+                 calibration: torch.Tensor, folder: Path, gate: Gate, how: Measurement) -> tuple[Path, Callable, dict]:
+    """Build INT8 runtime `name`; over the gate's budget, rebuild it with the fewest nodes in float
+    (`quantize.fallback.float_fallback`) and record them, the drop and the all-INT8 latency they cost."""
+    path, predict = build(())
+    if gate.max_accuracy_drop is None:
+        return path, predict, {}
+
+    def top1(predictor: Callable) -> float:
+        return topk_from_logits(predict_all(predictor, calibration, how.eval_batch_size), gate.targets, (1,))["top1"]
+
+    reference = top1(inference_predict(model))
+    drop = round(100 * (reference - top1(predict)), 3)
+    record = {"budget_points": gate.max_accuracy_drop, "judged_on": f"{len(calibration)} calibration images",
+              "drop_points": drop, "float_layers": [], "met": drop <= gate.max_accuracy_drop}
+    if record["met"]:
+        return path, predict, record
+    all_int8_ms = latency_at_batch_sizes(predict, calibration, how, (8,))["latency_ms"]["8"]["median"]
+    candidates = (onnx_compute_nodes if name.startswith("onnx") else openvino_compute_nodes)(
+        folder / ("onnx_fp32.onnx" if name.startswith("onnx") else "openvino_fp32.xml"))
+    found, (path, predict) = float_fallback(build, lambda built: top1(built[1]), candidates,
+                                            target=reference - gate.max_accuracy_drop / 100,
+                                            max_layers=gate.max_float_layers)
+    record.update(drop_points=round(100 * (reference - found.score), 3), float_layers=found.float_layers,
+                  met=found.met, candidates=len(candidates), search_seconds=round(found.seconds, 1),
+                  all_int8={"drop_points": drop, "latency_ms_b8": all_int8_ms})
+    return path, predict, record
 
 
 def runtime_analysis(model: nn.Module, images: torch.Tensor, targets: tuple[int, ...], calibration: torch.Tensor,
                      how: Measurement, *, names: tuple[str, ...], batch_sizes: tuple[int, ...], threads: int,
-                     calibration_batch_size: int, openvino: OpenVINOConfig) -> dict[str, dict[str, Any]]:
+                     calibration_batch_size: int, openvino: OpenVINOConfig, onnx: OnnxInt8Config,
+                     gate: Gate | None = None) -> dict[str, dict[str, Any]]:
     """Every runtime of `names` for one model: top-1/top-5, agreement and SQNR against the eager FP32
     logits, file size, compute layers (INT8 vs float) and latency at `batch_sizes`. A runtime that
     cannot take the model (an export or conversion failure) is {"skipped": reason}; the others go on."""
@@ -79,10 +127,15 @@ def runtime_analysis(model: nn.Module, images: torch.Tensor, targets: tuple[int,
                 if name == "compiled":
                     predict, extra = _compiled(model, images, batch_sizes)
                 else:
-                    path, predict = _build(name, model, calibration, Path(tmp), threads=threads,
-                                           calibration_batch_size=calibration_batch_size, openvino=openvino)
+                    build = partial(_build, name, model, calibration, Path(tmp), threads=threads,
+                                    calibration_batch_size=calibration_batch_size, openvino=openvino, onnx=onnx)
+                    if gate is not None and name in INT8_RUNTIMES:
+                        path, predict, record = _gated_build(name, lambda layers: build(float_layers=layers), model,
+                                                             calibration, Path(tmp), gate, how)
+                    else:
+                        (path, predict), record = build(), {}
                     extra = {"size_mb": round(artifact_bytes(path) / 1e6, 4),
-                             "layers": artifact_layer_summary(path, None)}
+                             "layers": artifact_layer_summary(path, None), **({"gate": record} if record else {})}
                     if name in INT8_RUNTIMES:
                         extra["calibration_images"] = len(calibration)
                 result = measure(predict, images, targets, how, batch_sizes=batch_sizes, reference=reference)
