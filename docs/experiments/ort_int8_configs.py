@@ -6,6 +6,8 @@ Evaluated on the zoo's 400 images of ../shared/data/imagenet-sample; the other 1
 with the benchmark's timer (`bench.timing.latency_sweep`), 2 threads, ms/image at batch 1 and 8.
 Run from the repo root on a quiet machine:
     .venv/bin/python docs/experiments/ort_int8_configs.py [model] [images]
+The MobileNetV2 table it printed is in the README (zoo section); EfficientNet-Lite0 (FP32 87.75%): every
+config 87.75% except s8 activations 88.00%, reduce_range 87.25% and per-tensor weights 82.50%.
 """
 import sys
 import tempfile
