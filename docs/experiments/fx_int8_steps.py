@@ -14,24 +14,13 @@ Printed here (2-core AMD EPYC; FP32 top-1 83.25%): top-1 / agreement with FP32 /
 """
 import sys
 import time
-import warnings
 
 import torch
 
 from edgecompress.quantize import fx
-from edgecompress.zoo import imagenet, measure, weights
+from edgecompress.zoo import measure
 
-warnings.filterwarnings("ignore")
-torch.set_num_threads(2)
-arch = sys.argv[1] if len(sys.argv) > 1 else "mobilenet_v2"
-root = sys.argv[2] if len(sys.argv) > 2 else "../shared/data/imagenet-sample"
-resolved = weights.resolve_weights([arch], None)[arch]
-model = weights.load_pretrained(resolved)
-subset = imagenet.imagenet_subset(root, imagenet.default_imagenet_classes())
-images = imagenet.load_images(subset.paths, weights.preprocessing(resolved))
-evaluated, targets, spare = images[:400], torch.tensor(subset.targets[:400]), images[400:]
-reference = measure.predict_all(measure.inference_predict(model), evaluated, 50)
-print(f"{arch} fp32 top-1 {(reference.argmax(1) == targets).float().mean():.4f} on {len(evaluated)} images", flush=True)
+from zoo_sample import arch, evaluated, model, reference, spare, targets  # noqa: E402
 
 steps = [  # (label, qconfig, calibration images)
     ("torch default x86 mapping, 16 calibration images (the zoo's setting)", "default", 16),

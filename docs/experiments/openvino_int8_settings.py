@@ -7,28 +7,15 @@ Printed here (MobileNetV2, FP32 83.25%): images | bias correction | preset | top
     16 fast performance 80.75 93.2 | 100 fast performance 82.75 93.8 | 100 full performance 81.00 93.8
     100 full mixed 82.50 94.5
 """
-import sys
 import tempfile
 import time
-import warnings
 from pathlib import Path
 
-import torch
 
 from edgecompress.quantize.openvino import OpenVINOModel, convert_to_openvino, quantize_openvino
-from edgecompress.zoo import imagenet, measure, weights
+from edgecompress.zoo import measure
 
-warnings.filterwarnings("ignore")
-torch.set_num_threads(2)
-arch = sys.argv[1] if len(sys.argv) > 1 else "mobilenet_v2"
-root = sys.argv[2] if len(sys.argv) > 2 else "../shared/data/imagenet-sample"
-resolved = weights.resolve_weights([arch], None)[arch]
-model = weights.load_pretrained(resolved)
-subset = imagenet.imagenet_subset(root, imagenet.default_imagenet_classes())
-images = imagenet.load_images(subset.paths, weights.preprocessing(resolved))
-evaluated, targets, spare = images[:400], torch.tensor(subset.targets[:400]), images[400:]
-reference = measure.predict_all(measure.inference_predict(model), evaluated, 50)
-print(f"{arch} fp32 top-1 {(reference.argmax(1) == targets).float().mean():.4f}", flush=True)
+from zoo_sample import arch, evaluated, model, reference, spare, targets  # noqa: E402
 
 configs = [  # (calibration images, fast bias correction, preset)
     (16, True, "performance"), (100, True, "performance"), (100, False, "performance"), (100, False, "mixed"),

@@ -9,28 +9,16 @@ Run from the repo root on a quiet machine:
 The MobileNetV2 table it printed is in the README (zoo section); EfficientNet-Lite0 (FP32 87.75%): every
 config 87.75% except s8 activations 88.00%, reduce_range 87.25% and per-tensor weights 82.50%.
 """
-import sys
 import tempfile
 import time
-import warnings
 from pathlib import Path
 
-import torch
 
 from edgecompress.bench.timing import latency_sweep
 from edgecompress.quantize.onnx import OnnxModel, export_onnx, quantize_onnx_static
-from edgecompress.zoo import imagenet, measure, weights
+from edgecompress.zoo import measure
 
-warnings.filterwarnings("ignore")
-torch.set_num_threads(2)
-arch = sys.argv[1] if len(sys.argv) > 1 else "mobilenet_v2"
-root = sys.argv[2] if len(sys.argv) > 2 else "../shared/data/imagenet-sample"
-resolved = weights.resolve_weights([arch], None)[arch]
-model = weights.load_pretrained(resolved)
-subset = imagenet.imagenet_subset(root, imagenet.default_imagenet_classes())
-images = imagenet.load_images(subset.paths, weights.preprocessing(resolved))
-evaluated, targets, spare = images[:400], torch.tensor(subset.targets[:400]), images[400:]
-reference = measure.predict_all(measure.inference_predict(model), evaluated, 50)
+from zoo_sample import arch, evaluated, model, reference, spare, targets  # noqa: E402
 
 
 spare_reference = measure.predict_all(measure.inference_predict(model), spare, 50).argmax(1)
