@@ -8,11 +8,13 @@ from pathlib import Path
 
 import torch
 
-from edgecompress.detection import charts, compress, source
+from edgecompress.detection import charts, compress, data, source
+from edgecompress.detection.gate import Gate
 from edgecompress.detection.inference import evaluation_settings, subset_monitor
 from edgecompress.detection.models import load_detector
 from edgecompress.detection.params import DetectionPipelineParams
 from edgecompress.detection.train import loop_settings
+from edgecompress import EdgecompressError
 from edgecompress.io import write_json
 from edgecompress.runtime import resolve_device
 from edgecompress.stage import read_params, run_stage, stage_args
@@ -35,8 +37,18 @@ def main() -> None:
     finetune = compress.pruned_finetune(args.train_data, epochs=spec.finetune_epochs,
                                         settings=loop_settings(params.train), seed=params.seed,
                                         evaluate=subset_monitor(params, subset))
+    gate = None
+    if spec.max_map_drop is not None:  # judged on training-split images: never on the evaluated subset
+        train = source.load_subset(args.train_data)
+        if not train.images:
+            raise EdgecompressError(f"detection.compress.max_map_drop={spec.max_map_drop} needs training-split "
+                                    f"images to judge INT8 on, and {args.train_data} has none")
+        judged = data.subset(train, min(spec.gate_images, len(train.images)), params.seed)
+        monitor = subset_monitor(params, judged)
+        gate = Gate(lambda variant: monitor(variant)["map_50"], spec.max_map_drop, spec.max_float_layers, len(judged))
     built = compress.build_variants(detector, spec.variants, calibration=calib_paths, out_dir=args.models,
-                                    threads=params.threads, prune_ratio=spec.prune_ratio, finetune=finetune)
+                                    threads=params.threads, prune_ratio=spec.prune_ratio, finetune=finetune,
+                                    gate=gate)
     variants = compress.evaluate_variants(built, spec.variants, subset, batch_size=spec.batch_size,
                                           settings=evaluation_settings(params))
     metrics = {"model": spec.model, "random_weights": detector.random_weights, "batch_size": spec.batch_size,

@@ -184,3 +184,30 @@ def test_fx_int8_quantizes_a_torchvision_backbone(tmp_path: Path) -> None:
     yolov8 = DetectorParams(family="ultralytics", arch="yolov8n.yaml", weights=None)
     yolo, reason = fx_int8_variant(load_detector("y8", yolov8, dataset_classes=CLASSES), paths)
     assert yolo is None and "onnx_int8" in reason["skipped"]
+
+
+def test_int8_gate_rebuilds_with_float_convolutions_until_within_budget(tmp_path: Path, monkeypatch) -> None:
+    """detection.compress.max_map_drop: a judge that scores an all-INT8 model 0 and one with any float
+    convolution 1 (the FP32 model: 1) makes the gate rebuild ONNX Runtime INT8 with one convolution float;
+    the candidate list is cut to two convolutions to keep the ranking (one build each) short."""
+    from edgecompress.detection import compress
+    from edgecompress.detection.gate import Gate
+    from edgecompress.quantize.onnx import onnx_compute_nodes, onnx_layer_summary
+
+    torch.manual_seed(0)
+    detector = load_detector("m", DetectorParams(family="ultralytics", arch="yolov8n.yaml", weights=None),
+                             dataset_classes=CLASSES, imgsz=64)
+    monkeypatch.setattr(compress, "onnx_compute_nodes", lambda path: onnx_compute_nodes(path)[:2])
+
+    def score(variant) -> float:
+        path = getattr(variant.model, "path", None)
+        return 1.0 if path is None or not path.endswith("int8.onnx") else float(onnx_layer_summary(path)["float"] > 0)
+
+    built = compress.onnx_variants(detector, tmp_path, torch.rand(4, 3, 64, 64), threads=1,
+                                   gate=Gate(score, max_map_drop=10.0, max_float_layers=2, images=3))
+    record = built["onnx_int8"][1]["gate"]
+    first = onnx_compute_nodes(tmp_path / "m_fp32.onnx")[0]
+    assert record["all_int8"]["drop_points"] == 100.0 and record["candidates"] == 2
+    assert record["float_layers"] == [first] and record["met"] and record["drop_points"] == 0.0
+    assert record["judged_on"] == "3 training-split images (mAP@.5)"
+    assert onnx_layer_summary(tmp_path / "m_int8.onnx")["float"] == 1  # the artifact is the one judged

@@ -72,7 +72,8 @@ def test_detection_pipeline_smoke_run_random_weights(repo_copy: Path, tmp_path: 
         "subset_images": 2, "import": {"source": str(checkpoint), "out": "models/random_v5.safe.pt"},
         "imgsz": 128, "batch_sizes": [1, 2], "threads": 1, "visualize": 2,
         "profile": {"images": 2, "batch_size": 2, "iterations": 1},
-        "compress": {"model": "v5", "calibration_images": 2, "finetune_epochs": 1},
+        "compress": {"model": "v5", "calibration_images": 2, "finetune_epochs": 1, "max_map_drop": 100.0,
+                     "gate_images": 1},  # the gate judged through the stage; its search has its own test
         "train": {"model": "yolov8n", "epochs": 1, "batch_size": 1, "device": "cpu"}}})
     params["detection"]["models"] = {
         "yolov8n": {"family": "ultralytics", "arch": "yolov8n.yaml", "weights": None},
@@ -122,6 +123,9 @@ def test_detection_pipeline_smoke_run_random_weights(repo_copy: Path, tmp_path: 
     assert set(compress["variants"]) == {"fp32", "onnx_fp32", "onnx_int8", "openvino_fp32", "openvino_int8", "pruned",
                                          "fp16"}
     assert "CUDA only" in compress["variants"]["fp16"]["skipped"]
+    for name in ("onnx_int8", "openvino_int8"):
+        gate = compress["variants"][name]["gate"]
+        assert gate["met"] and gate["float_layers"] == [] and gate["judged_on"].startswith("1 training-split image")
     pruned = compress["variants"]["pruned"]
     assert pruned["params_after"] < pruned["params_before"] and pruned["finetune"]["epochs"] == 1
     assert 0 <= pruned["finetune"]["before"]["map_50"] <= 1

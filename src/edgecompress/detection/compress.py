@@ -33,9 +33,10 @@ from edgecompress.detection.train import fit_detector
 from edgecompress.io import read_image
 from edgecompress.prune import PruneConfig, prune_model
 from edgecompress.quantize.fx import quantize_static_fx
-from edgecompress.quantize.onnx import OnnxModel, export_onnx, quantize_onnx_static
+from edgecompress.detection.gate import Gate, gated
+from edgecompress.quantize.onnx import OnnxModel, export_onnx, onnx_compute_nodes, quantize_onnx_static
 from edgecompress.quantize.openvino import (OpenVINOModel, convert_onnx_to_openvino, openvino_artifact_bytes,
-                                            output_tail, quantize_openvino)
+                                            openvino_compute_nodes, output_tail, quantize_openvino)
 
 log = logging.getLogger(__name__)
 
@@ -89,29 +90,34 @@ def calibration_paths(source: DetectionDataset, subset: DetectionDataset, count:
 
 
 def onnx_variants(detector: Detector, out_dir: str | Path, calib: torch.Tensor, *, threads: int,
-                  int8: bool = True) -> dict[str, Built]:
+                  int8: bool = True, gate: Gate | None = None) -> dict[str, Built]:
     """ONNX FP32 (export of the raw head output, dynamic batch; `calib[:2]` traces it) and, with
     `int8`, ONNX Runtime static INT8 (QDQ, per-channel int8 weights, uint8 activations, MinMax
-    calibration on `calib`)."""
+    calibration on `calib`), through the quality `gate` when one is given."""
     out_dir = Path(out_dir)
     fp32_path, int8_path = out_dir / f"{detector.name}_fp32.onnx", out_dir / f"{detector.name}_int8.onnx"
     export_onnx(RawHead(copy.deepcopy(detector.model).cpu().eval()), calib[:2], fp32_path)
     artifacts = [("onnx_fp32", fp32_path, "ONNX export (CPUExecutionProvider)")]
-    if int8:
-        # Conv only: the decode tail (sigmoid, grid arithmetic, the concat of pixels and probabilities) stays float
-        quantize_onnx_static(fp32_path, int8_path, calib, per_channel=True, batch_size=min(8, len(calib)),
-                             op_types=["Conv"])
-        artifacts.append(("onnx_int8", int8_path, "ONNX Runtime static INT8 (QDQ, per-channel, MinMax; Conv only)"))
     out: dict[str, Built] = {}
     for name, path, method in artifacts:
         variant = replace(detector, model=OnnxModel(path, threads=threads), device=torch.device("cpu"))
-        out[name] = (variant, {"method": method, "artifact": str(path), "size_mb": round(path.stat().st_size / 1e6, 4),
-                               "calibration_images": len(calib) if name == "onnx_int8" else None})
+        out[name] = (variant, {"method": method, "artifact": str(path), "size_mb": round(path.stat().st_size / 1e6, 4)})
+    if int8:
+        def build(float_layers: tuple[str, ...]) -> Detector:
+            # Conv only: the decode tail (sigmoid, grid arithmetic, the concat of pixels and probabilities) stays float
+            quantize_onnx_static(fp32_path, int8_path, calib, per_channel=True, batch_size=min(8, len(calib)),
+                                 op_types=["Conv"], nodes_to_exclude=float_layers)
+            return replace(detector, model=OnnxModel(int8_path, threads=threads), device=torch.device("cpu"))
+
+        variant, record = gated(build, lambda: onnx_compute_nodes(fp32_path), out["onnx_fp32"][0], gate)
+        out["onnx_int8"] = (variant, {"method": "ONNX Runtime static INT8 (QDQ, per-channel, MinMax; Conv only)",
+                                      "artifact": str(int8_path), "size_mb": round(int8_path.stat().st_size / 1e6, 4),
+                                      "calibration_images": len(calib), **record})
     return out
 
 
 def openvino_variants(detector: Detector, out_dir: str | Path, calib: torch.Tensor, *, threads: int,
-                      int8: bool = True) -> dict[str, Built]:
+                      int8: bool = True, gate: Gate | None = None) -> dict[str, Built]:
     """OpenVINO FP32 (the ONNX FP32 export converted: OpenVINO's torch tracer rejects YOLOv5's lazily built
     grid) and, with `int8`, NNCF post-training INT8 of it, calibrated on `calib` with the decode tail
     (`quantize.openvino.output_tail`) kept float."""
@@ -121,18 +127,23 @@ def openvino_variants(detector: Detector, out_dir: str | Path, calib: torch.Tens
         export_onnx(RawHead(copy.deepcopy(detector.model).cpu().eval()), calib[:2], onnx_path)
     fp32_path, int8_path = out_dir / f"{detector.name}_openvino_fp32.xml", out_dir / f"{detector.name}_openvino_int8.xml"
     converted = convert_onnx_to_openvino(onnx_path, fp32_path)
-    artifacts = [("openvino_fp32", fp32_path, "OpenVINO IR of the ONNX export (CPU plugin, f32)", None)]
+    fp32 = replace(detector, model=OpenVINOModel(fp32_path, threads=threads), device=torch.device("cpu"))
+    out: dict[str, Built] = {"openvino_fp32": (fp32, {
+        "method": "OpenVINO IR of the ONNX export (CPU plugin, f32)", "artifact": str(fp32_path),
+        "size_mb": round(openvino_artifact_bytes(fp32_path) / 1e6, 4)})}
     if int8:
         tail = output_tail(converted)
-        quantize_openvino(converted, calib, int8_path, batch_size=min(8, len(calib)), ignored_scope={"names": tail})
-        artifacts.append(("openvino_int8", int8_path, "NNCF post-training INT8 of the OpenVINO model (performance "
-                          f"preset; the decode tail's {len(tail)} nodes kept float)", len(calib)))
-    out: dict[str, Built] = {}
-    for name, path, method, calibration in artifacts:
-        variant = replace(detector, model=OpenVINOModel(path, threads=threads), device=torch.device("cpu"))
-        out[name] = (variant, {"method": method, "artifact": str(path),
-                               "size_mb": round(openvino_artifact_bytes(path) / 1e6, 4),
-                               "calibration_images": calibration})
+
+        def build(float_layers: tuple[str, ...]) -> Detector:
+            quantize_openvino(converted, calib, int8_path, batch_size=min(8, len(calib)),
+                              ignored_scope={"names": [*tail, *float_layers]})
+            return replace(detector, model=OpenVINOModel(int8_path, threads=threads), device=torch.device("cpu"))
+
+        variant, record = gated(build, lambda: openvino_compute_nodes(fp32_path), fp32, gate)
+        out["openvino_int8"] = (variant, {
+            "method": f"NNCF post-training INT8 of the OpenVINO model (performance preset; the decode tail's "
+                      f"{len(tail)} nodes kept float)", "artifact": str(int8_path),
+            "size_mb": round(openvino_artifact_bytes(int8_path) / 1e6, 4), "calibration_images": len(calib), **record})
     return out
 
 
@@ -333,8 +344,8 @@ def pruned_finetune(train_dir: str | Path, *, epochs: int, settings: dict[str, A
 
 
 def build_variants(detector: Detector, wanted: Sequence[str], *, calibration: Sequence[Path], out_dir: str | Path,
-                   threads: int, prune_ratio: float,
-                   finetune: Callable[[Detector], dict[str, Any]] | None = None) -> dict[str, Built]:
+                   threads: int, prune_ratio: float, finetune: Callable[[Detector], dict[str, Any]] | None = None,
+                   gate: Gate | None = None) -> dict[str, Built]:
     """Every variant of `wanted` that applies to the detector's family, built ("fp32": the detector
     itself); the others as skipped with the reason. ONNX artifacts are written under `out_dir` (which
     exists afterwards either way: it is the stage's output).
@@ -354,9 +365,10 @@ def build_variants(detector: Detector, wanted: Sequence[str], *, calibration: Se
                                            "and NMS run inside the model)"})
                   for name, ok in applies.items() if name in wanted and not ok})
     if {"onnx_fp32", "onnx_int8"} & traced:
-        built.update(onnx_variants(detector, out_dir, calib, threads=threads, int8="onnx_int8" in wanted))
+        built.update(onnx_variants(detector, out_dir, calib, threads=threads, int8="onnx_int8" in wanted, gate=gate))
     if {"openvino_fp32", "openvino_int8"} & traced:
-        built.update(openvino_variants(detector, out_dir, calib, threads=threads, int8="openvino_int8" in wanted))
+        built.update(openvino_variants(detector, out_dir, calib, threads=threads, int8="openvino_int8" in wanted,
+                                       gate=gate))
     if "pruned" in traced:
         built["pruned"] = pruned_variant(detector, prune_ratio, calib.to(detector.device), finetune=finetune)
     if "fp16" in wanted:

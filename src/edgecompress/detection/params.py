@@ -9,6 +9,7 @@ Light on purpose (no torch, no model code): detector families are checked agains
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 from edgecompress.config import DEVICES, Settings, check, check_choice, check_distinct, is_batch_list
@@ -118,6 +119,9 @@ class DetectionCompressParams(Settings):
     calibration_images: int = 16  # INT8 calibration, drawn from source images outside the subset
     prune_ratio: float = 0.05  # channels removed per backbone/neck layer
     finetune_epochs: int = 3  # of the pruned model on the training split, with detection.train's settings; 0 = none
+    max_map_drop: float | None = None  # INT8 quality gate: mAP@.5 points vs FP32 on gate_images; null = off
+    max_float_layers: int = 4  # at most this many convolutions kept float by the gate's fallback
+    gate_images: int = 16  # training-split images the gate judges on (never the evaluated subset)
 
     def validate(self) -> None:
         check_distinct(self.variants, "variants", VARIANTS)
@@ -125,6 +129,10 @@ class DetectionCompressParams(Settings):
         check(self.calibration_images >= 1, "calibration_images", self.calibration_images, "must be an integer >= 1")
         check(0 < self.prune_ratio < 1, "prune_ratio", self.prune_ratio, "must be a number in (0, 1)")
         check(self.finetune_epochs >= 0, "finetune_epochs", self.finetune_epochs, "must be an integer >= 0")
+        check(self.max_map_drop is None or (math.isfinite(self.max_map_drop) and self.max_map_drop >= 0),
+              "max_map_drop", self.max_map_drop, "must be null or a finite number of points >= 0")
+        check(self.max_float_layers >= 0, "max_float_layers", self.max_float_layers, "must be an integer >= 0")
+        check(self.gate_images >= 1, "gate_images", self.gate_images, "must be an integer >= 1")
 
 
 @dataclass(frozen=True)

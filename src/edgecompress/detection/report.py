@@ -48,6 +48,12 @@ def _compress_section(compress: dict[str, Any], plots_dir: Path, report_dir: Pat
                 f"({tuned['seconds']:.0f} s); evaluation-subset mAP@.5 "
                 + (f"{_fmt(before)} before fine-tuning, " if before is not None else "")
                 + f"after each epoch: {curve}."]
+    gates = {n: v["gate"] for n, v in compress["variants"].items() if v.get("gate")}
+    out += [""] + [f"Quality gate of `{n}` ({g['judged_on']}, budget {g['budget_points']} points): drop "
+                   f"{g['drop_points']:.1f}, {'met' if g['met'] else 'missed'}"
+                   + (f", {len(g['float_layers'])} convolution(s) kept float ({', '.join(g['float_layers'])}; "
+                      f"all-INT8 drop {g['all_int8']['drop_points']:.1f})" if g["float_layers"] else "") + "."
+                   for n, g in gates.items()] if gates else []
     return out + [""]
 
 

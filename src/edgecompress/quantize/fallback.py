@@ -66,3 +66,28 @@ def float_fallback(build: Callable[[tuple[str, ...]], Any], score: Callable[[Any
             break
     return Fallback(kept, current, target, current >= target, baseline, ranked, steps,
                     time.perf_counter() - start), predictor
+
+
+def within_budget(build: Callable[[tuple[str, ...]], Any], score: Callable[[Any], float],
+                  layers: Callable[[], Sequence[str]], *, reference: float, budget: float | None, max_layers: int,
+                  unit: float = 100.0, timer: Callable[[Any], float] | None = None) -> tuple[Any, dict[str, Any]]:
+    """A quality gate: build with every layer quantized and, when `budget` is set, record its drop
+    `unit * (reference - score)` (points); over budget, `float_fallback` over `layers()` rebuilds it
+    with the fewest float layers that bring it back. Returns the last build and the record (empty when
+    `budget` is None): drop, float layers, whether it is met, and the all-INT8 drop (and latency, with
+    `timer`) the float layers replaced."""
+    built = build(())
+    if budget is None:
+        return built, {}
+    drop = round(unit * (reference - score(built)), 3)
+    record: dict[str, Any] = {"budget_points": budget, "drop_points": drop, "float_layers": [], "met": drop <= budget}
+    if record["met"]:
+        return built, record
+    before = {"drop_points": drop, **({"latency_ms": timer(built)} if timer else {})}
+    candidates = list(layers())
+    found, built = float_fallback(build, score, candidates, target=reference - budget / unit, max_layers=max_layers)
+    record.update(drop_points=round(unit * (reference - found.score), 3), float_layers=found.float_layers,
+                  met=found.met, candidates=len(candidates), search_seconds=round(found.seconds, 1), all_int8=before)
+    if timer and found.float_layers:
+        record["latency_ms"] = timer(built)
+    return built, record

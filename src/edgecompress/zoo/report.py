@@ -296,7 +296,7 @@ def _gate_lines(quant: dict[str, Any]) -> list[str]:
                 before = gate["all_int8"]
                 text += (f" with {len(gate['float_layers'])} of {gate['candidates']} nodes float "
                          f"({', '.join(gate['float_layers'])}); all-INT8: drop {before['drop_points']:.2f} points, "
-                         f"{before['latency_ms_b8']:.2f} ms/image at batch 8")
+                         f"{before['latency_ms']:.2f} ms/image at batch 8 (now {gate['latency_ms']:.2f})")
             lines.append(text + ".")
     return (["", "Quality gate (drop vs FP32 on the calibration images, never on the evaluated ones):", ""] + lines
             if lines else [])

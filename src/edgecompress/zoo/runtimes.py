@@ -19,7 +19,7 @@ from torch import nn
 
 from edgecompress.quantize.artifacts import artifact_bytes, artifact_layer_summary
 from edgecompress.quantize.config import OnnxInt8Config, OpenVINOConfig
-from edgecompress.quantize.fallback import float_fallback
+from edgecompress.quantize.fallback import within_budget
 from edgecompress.quantize.onnx import OnnxModel, export_onnx, onnx_compute_nodes, quantize_onnx_static
 from edgecompress.quantize.openvino import (OpenVINOModel, convert_to_openvino, openvino_compute_nodes,
                                             quantize_openvino)
@@ -85,31 +85,23 @@ class Gate:
 
 def _gated_build(name: str, build: Callable[[tuple[str, ...]], tuple[Path, Callable]], model: nn.Module,
                  calibration: torch.Tensor, folder: Path, gate: Gate, how: Measurement) -> tuple[Path, Callable, dict]:
-    """Build INT8 runtime `name`; over the gate's budget, rebuild it with the fewest nodes in float
-    (`quantize.fallback.float_fallback`) and record them, the drop and the all-INT8 latency they cost."""
-    path, predict = build(())
-    if gate.max_accuracy_drop is None:
-        return path, predict, {}
-
+    """Build INT8 runtime `name` through the quality gate (`quantize.fallback.within_budget`): judged on the
+    labelled calibration images, float nodes named in the ONNX / OpenVINO graph."""
     def top1(predictor: Callable) -> float:
         return topk_from_logits(predict_all(predictor, calibration, how.eval_batch_size), gate.targets, (1,))["top1"]
 
-    reference = top1(inference_predict(model))
-    drop = round(100 * (reference - top1(predict)), 3)
-    record = {"budget_points": gate.max_accuracy_drop, "judged_on": f"{len(calibration)} calibration images",
-              "drop_points": drop, "float_layers": [], "met": drop <= gate.max_accuracy_drop}
-    if record["met"]:
-        return path, predict, record
-    all_int8_ms = latency_at_batch_sizes(predict, calibration, how, (8,))["latency_ms"]["8"]["median"]
-    candidates = (onnx_compute_nodes if name.startswith("onnx") else openvino_compute_nodes)(
-        folder / ("onnx_fp32.onnx" if name.startswith("onnx") else "openvino_fp32.xml"))
-    found, (path, predict) = float_fallback(build, lambda built: top1(built[1]), candidates,
-                                            target=reference - gate.max_accuracy_drop / 100,
-                                            max_layers=gate.max_float_layers)
-    record.update(drop_points=round(100 * (reference - found.score), 3), float_layers=found.float_layers,
-                  met=found.met, candidates=len(candidates), search_seconds=round(found.seconds, 1),
-                  all_int8={"drop_points": drop, "latency_ms_b8": all_int8_ms})
-    return path, predict, record
+    def nodes() -> list[str]:
+        return (onnx_compute_nodes(folder / "onnx_fp32.onnx") if name.startswith("onnx")
+                else openvino_compute_nodes(folder / "openvino_fp32.xml"))
+
+    def latency(built: tuple[Path, Callable]) -> float:
+        return latency_at_batch_sizes(built[1], calibration, how, (8,))["latency_ms"]["8"]["median"]
+
+    reference = top1(inference_predict(model)) if gate.max_accuracy_drop is not None else 0.0
+    (path, predict), record = within_budget(build, lambda built: top1(built[1]), nodes, reference=reference,
+                                            budget=gate.max_accuracy_drop, max_layers=gate.max_float_layers,
+                                            timer=latency)
+    return path, predict, {**record, "judged_on": f"{len(calibration)} calibration images"} if record else {}
 
 
 def runtime_analysis(model: nn.Module, images: torch.Tensor, targets: tuple[int, ...], calibration: torch.Tensor,
