@@ -50,6 +50,7 @@ def main() -> None:
                                   cfg.calibration_samples)
 
     def qat_train(prepared) -> None:  # the shared training loop, observers/BN frozen for the last epochs
+        seed_everything(seed, deterministic_kernels=False)  # the same data order whatever was built before it
         def freeze(epoch: int, m) -> None:
             if epoch == cfg.qat_freeze_observer_epoch:
                 fx.freeze_qat_observers(m)
