@@ -39,3 +39,15 @@ def test_already_within_target_builds_once_and_keeps_every_layer_quantized():
 def test_unreachable_target_stops_at_max_layers_and_says_so():
     found, _, _ = _search(target=0.99, max_layers=2)
     assert found.float_layers == ["dw3", "conv1"] and not found.met and found.to_dict()["score"] == 0.98
+
+
+def test_a_given_baseline_is_not_built_or_scored_again():
+    builds: list[tuple[str, ...]] = []
+
+    def build(float_layers: tuple[str, ...]) -> tuple[str, ...]:
+        builds.append(float_layers)
+        return float_layers
+
+    found, _ = float_fallback(build, lambda layers: round(0.85 + sum(GAIN[n] for n in layers), 4), list(GAIN),
+                              target=0.97, max_layers=4, baseline=((), 0.85))
+    assert () not in builds and len(builds) == len(GAIN) + 2 and found.baseline == 0.85

@@ -15,6 +15,7 @@ Each method module owns its settings class (`data.DataParams`, `prune.PruneConfi
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from pathlib import Path
@@ -61,6 +62,12 @@ def check(ok: bool, key: str, value: Any, allowed: str) -> None:
     """Raise ParamError(key, value, allowed) unless `ok`."""
     if not ok:
         raise ParamError(key, value, allowed)
+
+
+def check_budget(value: float | None, key: str) -> None:
+    """An optional budget in points: null, or a finite number >= 0."""
+    check(value is None or (math.isfinite(value) and value >= 0), key, value,
+          "must be null or a finite number of points >= 0")
 
 
 def check_choice(value: Any, key: str, choices: Iterable[str]) -> None:

@@ -9,10 +9,9 @@ Light on purpose (no torch, no model code): detector families are checked agains
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 
-from edgecompress.config import DEVICES, Settings, check, check_choice, check_distinct, is_batch_list
+from edgecompress.config import DEVICES, Settings, check, check_budget, check_choice, check_distinct, is_batch_list
 from edgecompress.detection.families import FAMILIES
 
 FORMATS = ("coco", "voc", "yolo")  # source data set formats
@@ -129,8 +128,7 @@ class DetectionCompressParams(Settings):
         check(self.calibration_images >= 1, "calibration_images", self.calibration_images, "must be an integer >= 1")
         check(0 < self.prune_ratio < 1, "prune_ratio", self.prune_ratio, "must be a number in (0, 1)")
         check(self.finetune_epochs >= 0, "finetune_epochs", self.finetune_epochs, "must be an integer >= 0")
-        check(self.max_map_drop is None or (math.isfinite(self.max_map_drop) and self.max_map_drop >= 0),
-              "max_map_drop", self.max_map_drop, "must be null or a finite number of points >= 0")
+        check_budget(self.max_map_drop, "max_map_drop")
         check(self.max_float_layers >= 0, "max_float_layers", self.max_float_layers, "must be an integer >= 0")
         check(self.gate_images >= 1, "gate_images", self.gate_images, "must be an integer >= 1")
 

@@ -90,12 +90,8 @@ def _openvino_convert(model, *, calib, config, path, qat_train):
 def _openvino_nncf(model, *, calib, config, path, qat_train, float_layers=()):
     fp32 = artifact_path(path.parent, "openvino_fp32")  # quantize the FP32 IR when it was built already
     source = fp32 if fp32.is_file() else openvino.convert_to_openvino(model, calib[:2], path.with_name(".fp32.xml"))
-    settings = config.openvino
-    scope = settings.ignored_scope.to_dict()
-    scope["names"] = [*scope["names"], *float_layers]
     openvino.quantize_openvino(source, calib, path, batch_size=config.calibration_batch_size,
-                               preset=settings.preset, fast_bias_correction=settings.fast_bias_correction,
-                               model_type=settings.model_type, ignored_scope=scope, subset_size=settings.subset_size)
+                               **config.openvino.nncf_options(float_layers))
     for leftover in (path.with_name(".fp32.xml"), path.with_name(".fp32.bin")):
         leftover.unlink(missing_ok=True)
     return None, {}

@@ -14,7 +14,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-from edgecompress.config import Settings, check, check_choice, check_distinct
+from edgecompress.config import Settings, check, check_budget, check_choice, check_distinct
 
 STATIC_BACKENDS = ("x86", "fbgemm", "qnnpack")  # torch.ao quantized engines of the static PTQ variants
 RUNTIME_SUFFIX = {"torch": ".ts", "onnxruntime": ".onnx", "openvino": ".xml"}  # artifact file type per runtime
@@ -123,6 +123,13 @@ class OpenVINOConfig(Settings):
     subset_size: int | None = None  # calibration samples NNCF uses; null = all of quantize.calibration_samples
     ignored_scope: IgnoredScope = field(default_factory=IgnoredScope)
 
+    def nncf_options(self, float_layers: tuple[str, ...] | list[str] = ()) -> dict[str, Any]:
+        """`quantize.openvino.quantize_openvino`'s keyword arguments, `float_layers` added to the ignored names."""
+        scope = self.ignored_scope.to_dict()
+        scope["names"] = [*scope["names"], *float_layers]
+        return {"preset": self.preset, "fast_bias_correction": self.fast_bias_correction, "model_type": self.model_type,
+                "ignored_scope": scope, "subset_size": self.subset_size}
+
     def validate(self) -> None:
         check_choice(self.preset, "preset", PRESETS)
         check(self.model_type is None or self.model_type in MODEL_TYPES, "model_type", self.model_type,
@@ -174,8 +181,7 @@ class QuantizeConfig(Settings):
 
     def validate(self) -> None:
         check_distinct(self.backends, "backends", STATIC_BACKENDS, non_empty=False)
-        check(self.max_accuracy_drop is None or (math.isfinite(self.max_accuracy_drop) and self.max_accuracy_drop >= 0),
-              "max_accuracy_drop", self.max_accuracy_drop, "must be null or a finite number of points >= 0")
+        check_budget(self.max_accuracy_drop, "max_accuracy_drop")
         check(self.max_float_layers >= 0, "max_float_layers", self.max_float_layers, "must be an integer >= 0")
         check(not self.gate or self.max_accuracy_drop is not None, "gate", self.gate,
               "needs quantize.max_accuracy_drop (the budget it enforces)")

@@ -38,23 +38,27 @@ class Fallback:
 
 
 def float_fallback(build: Callable[[tuple[str, ...]], Any], score: Callable[[Any], float],
-                   layers: Sequence[str], *, target: float, max_layers: int) -> tuple[Fallback, Any]:
+                   layers: Sequence[str], *, target: float, max_layers: int,
+                   baseline: tuple[Any, float] | None = None) -> tuple[Fallback, Any]:
     """Fewest layers of `layers` kept in float so that `score(build(kept)) >= target`.
 
     Each layer is first scored alone in float (len(layers) builds); then the best-recovering layers are
     added one at a time (at most `max_layers` more builds) until the target is met. Returns the search
-    record and the last predictor built (the one it describes).
+    record and the last predictor built (the one it describes). `baseline`: the all-quantized
+    predictor and its score when the caller has them already (else built and scored here).
     """
     start = time.perf_counter()
-    predictor = build(())
-    baseline = score(predictor)
-    if baseline >= target or max_layers == 0:
-        return Fallback([], baseline, target, baseline >= target, baseline, seconds=time.perf_counter() - start), \
-            predictor
+    if baseline is None:
+        first = build(())
+        baseline = (first, score(first))
+    predictor, baseline_score = baseline
+    if baseline_score >= target or max_layers == 0:
+        return Fallback([], baseline_score, target, baseline_score >= target, baseline_score,
+                        seconds=time.perf_counter() - start), predictor
     ranked = sorted(({"layer": name, "score": score(build((name,)))} for name in layers),
                     key=lambda row: -row["score"])
     kept: list[str] = []
-    steps, current = [], baseline
+    steps, current = [], baseline_score
     for row in ranked[:max_layers]:
         kept.append(row["layer"])
         predictor = build(tuple(kept))
@@ -64,7 +68,7 @@ def float_fallback(build: Callable[[tuple[str, ...]], Any], score: Callable[[Any
                  current, target)
         if current >= target:
             break
-    return Fallback(kept, current, target, current >= target, baseline, ranked, steps,
+    return Fallback(kept, current, target, current >= target, baseline_score, ranked, steps,
                     time.perf_counter() - start), predictor
 
 
@@ -79,13 +83,15 @@ def within_budget(build: Callable[[tuple[str, ...]], Any], score: Callable[[Any]
     built = build(())
     if budget is None:
         return built, {}
-    drop = round(unit * (reference - score(built)), 3)
+    all_int8 = score(built)
+    drop = round(unit * (reference - all_int8), 3)
     record: dict[str, Any] = {"budget_points": budget, "drop_points": drop, "float_layers": [], "met": drop <= budget}
     if record["met"]:
         return built, record
     before = {"drop_points": drop, **({"latency_ms": timer(built)} if timer else {})}
     candidates = list(layers())
-    found, built = float_fallback(build, score, candidates, target=reference - budget / unit, max_layers=max_layers)
+    found, built = float_fallback(build, score, candidates, target=reference - budget / unit, max_layers=max_layers,
+                                  baseline=(built, all_int8))
     record.update(drop_points=round(unit * (reference - found.score), 3), float_layers=found.float_layers,
                   met=found.met, candidates=len(candidates), search_seconds=round(found.seconds, 1), all_int8=before)
     if timer and found.float_layers:

@@ -76,7 +76,8 @@ def gate_variant(name: str, built: BuiltVariant, model: nn.Module, *, calib: tor
                                  float_layers=float_layers)
 
         found, final = float_fallback(build, lambda b: validate(load_artifact(b.path)), candidates,
-                                      target=reference - budget / 100, max_layers=config.max_float_layers)
+                                      target=reference - budget / 100, max_layers=config.max_float_layers,
+                                      baseline=(built, accuracy))
         record.update(val_accuracy=round(found.score, 6), val_drop_points=round(100 * (reference - found.score), 3),
                       float_layers=found.float_layers, met=found.met, candidates=len(candidates),
                       search_seconds=round(found.seconds, 1), steps=found.steps, sensitivity=found.sensitivity[:5])

@@ -4,10 +4,9 @@ before any stage works (`stage.read_params(path, ZooPipelineParams)`)."""
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 
-from edgecompress.config import Settings, check, check_choice, check_distinct, is_batch_list
+from edgecompress.config import Settings, check, check_budget, check_choice, check_distinct, is_batch_list
 from edgecompress.data import AugmentParams, DataParams
 from edgecompress.quantize.config import OnnxInt8Config, OpenVINOConfig
 from edgecompress.train import TrainParams
@@ -68,8 +67,7 @@ class ZooParams(Settings):
         check(self.calibration_batch_size >= 1, "calibration_batch_size", self.calibration_batch_size,
               "must be an integer >= 1")
         check_distinct(self.runtimes, "runtimes", RUNTIMES, non_empty=False)
-        check(self.max_accuracy_drop is None or (math.isfinite(self.max_accuracy_drop) and self.max_accuracy_drop >= 0),
-              "max_accuracy_drop", self.max_accuracy_drop, "must be null or a finite number of points >= 0")
+        check_budget(self.max_accuracy_drop, "max_accuracy_drop")
         check(self.max_float_layers >= 0, "max_float_layers", self.max_float_layers, "must be an integer >= 0")
         check_choice(self.runtimes_on, "runtimes_on", (PRETRAINED, "all"))
         check(is_batch_list(self.runtime_batch_sizes) and set(self.runtime_batch_sizes) <= set(self.batch_sizes),

@@ -66,11 +66,8 @@ def _build(name: str, model: nn.Module, calibration: torch.Tensor, folder: Path,
         convert_to_openvino(model, example, fp32)
     path = fp32 if name == "openvino_fp32" else folder / "openvino_int8.xml"
     if name == "openvino_int8":
-        scope = openvino.ignored_scope.to_dict()
-        scope["names"] = [*scope["names"], *float_layers]
-        quantize_openvino(fp32, calibration, path, batch_size=calibration_batch_size, preset=openvino.preset,
-                          fast_bias_correction=openvino.fast_bias_correction, model_type=openvino.model_type,
-                          ignored_scope=scope, subset_size=openvino.subset_size)
+        quantize_openvino(fp32, calibration, path, batch_size=calibration_batch_size,
+                          **openvino.nncf_options(float_layers))
     return path, OpenVINOModel(path, threads=threads).forward
 
 
