@@ -1,14 +1,15 @@
 """Stage `detect_compress`: compressed variants of `detection.compress.model` (YOLO: ONNX Runtime FP32
-and static INT8, Torch-Pruning of the backbone fine-tuned on the training split with detection.train's
-settings, FP16 on CUDA; torchvision: FX static INT8 of the backbone), each evaluated on the subset exactly as
-detect_eval evaluates the original -> metrics/detect_compress.json, the variant table and a Pareto plot
-of mAP@.5 against inference time."""
+and static INT8, OpenVINO FP32 and INT8, Torch-Pruning of the backbone fine-tuned on the training split
+with detection.train's settings and the pruned network on the same runtimes, FP16 on CUDA; torchvision:
+FX static INT8 of the backbone), each evaluated on the subset exactly as detect_eval evaluates the
+original -> metrics/detect_compress.json (the variant rows and the "pruning" block: MACs removed
+against milliseconds saved per runtime) and a Pareto plot of mAP@.5 against inference time."""
 
 from pathlib import Path
 
 import torch
 
-from edgecompress.detection import charts, compress, data, source
+from edgecompress.detection import charts, compress, data, pruning, source
 from edgecompress.detection.gate import Gate
 from edgecompress.detection.inference import evaluation_settings, subset_monitor
 from edgecompress.detection.models import load_detector
@@ -34,9 +35,9 @@ def main() -> None:
     calib_paths, disjoint = compress.calibration_paths(full, subset, spec.calibration_images, params.seed)
     detector = load_detector(spec.model, params.models[spec.model], dataset_classes=subset.classes,
                              imgsz=params.imgsz, device=device)
-    finetune = compress.pruned_finetune(args.train_data, epochs=spec.finetune_epochs,
-                                        settings=loop_settings(params.train), seed=params.seed,
-                                        evaluate=subset_monitor(params, subset))
+    finetune = pruning.pruned_finetune(args.train_data, epochs=spec.finetune_epochs,
+                                       settings=loop_settings(params.train), seed=params.seed,
+                                       evaluate=subset_monitor(params, subset), lr=spec.finetune_lr)
     gate = None
     if spec.max_map_drop is not None:  # judged on training-split images: never on the evaluated subset
         train = source.load_subset(args.train_data)
@@ -48,13 +49,13 @@ def main() -> None:
         gate = Gate(lambda variant: monitor(variant)["map_50"], spec.max_map_drop, spec.max_float_layers, len(judged))
     built = compress.build_variants(detector, spec.variants, calibration=calib_paths, out_dir=args.models,
                                     threads=params.threads, prune_ratio=spec.prune_ratio, finetune=finetune,
-                                    gate=gate)
+                                    gate=gate, prune_round_to=spec.prune_round_to)
     variants = compress.evaluate_variants(built, spec.variants, subset, batch_size=spec.batch_size,
                                           settings=evaluation_settings(params))
     metrics = {"model": spec.model, "random_weights": detector.random_weights, "batch_size": spec.batch_size,
                "device": str(device), "threads": params.threads, "images": len(subset.images),
                "calibration": {"images": len(calib_paths), "disjoint_from_evaluation": disjoint},
-               "variants": variants}
+               "variants": variants, "pruning": pruning.pruning_summary(variants)}
     charts.plot_pareto(metrics, Path(args.plots) / charts.PARETO_FILE)
     write_json(args.metrics, metrics)
 

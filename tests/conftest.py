@@ -21,15 +21,17 @@ TINY_PARAMS = {
     "train": {"batch_size": 32},
     "teacher": {"epochs": 1},
     "student": {"epochs": 1},
-    "prune": {"finetune_epochs": 1},
+    # eager timing of the prune steps (the exported runtimes have unit tests): no export per step
+    "prune": {"finetune_epochs": 1, "latency": {"runtime": "eager"}},
     # fbgemm/qnnpack engines and fp16 take the same paths as ptq_x86 through the stages (their kernels have
     # unit tests): leaving them out keeps the end-to-end test's repeated quantize/benchmark runs short.
     # No float-fallback search in the end-to-end runs (a 1-epoch model may exceed the budget): tests/test_quantize_gate.py.
     "quantize": {"calibration_samples": 64, "qat_epochs": 1, "max_accuracy_drop": None,
                  "variants": ["ptq_x86", "ptq_custom", "dynamic", "qat", "onnx_fp32", "onnx_int8", "openvino_fp32",
                               "openvino_int8"]},
-    # In-process, no torch.compile: the benchmark's isolated and compiled paths have their own tests.
-    "bench": {"batch_sizes": [1, 4], "warmup": 1, "repeats": 3, "min_time_s": 0, "compile": False, "isolate": False},
+    # In-process, no torch.compile, no unpruned references (tests/test_bench.py covers them).
+    "bench": {"batch_sizes": [1, 4], "warmup": 1, "repeats": 3, "min_time_s": 0, "compile": False, "isolate": False,
+              "unpruned_references": False},
 }
 
 

@@ -308,3 +308,64 @@ def test_benchmark_variant_on_cuda(tiny_variant: tuple[Path, Path, nn.Module]) -
     assert gpu["peak_gpu_mb"] > 0 and half["peak_gpu_mb"] > 0 and gpu["device"]
     roof = gemm_roofline(threads=1, device="cuda", repeats=3)
     assert roof["fp16_gmacs"] > roof["fp32_gmacs"] > 0 and roof["size"] == 4096
+
+
+# ----------------------------------------------------------------------------------------------
+# Pruning's latency (bench.pruning)
+def _timed(ms: dict[str, float], **extra) -> dict:
+    return {"latency_ms": {b: {"median": v, "iqr": 0.0} for b, v in ms.items()}, **extra}
+
+
+def test_pruning_effect_pairs_best_runtimes_with_the_unpruned_student(tmp_path: Path) -> None:
+    from edgecompress.bench.pruning import best_runtimes, pruning_effect, reference_specs
+    variants = {"student": _timed({"1": 1.0, "8": 0.5}, macs=1000, name="student"),
+                "pruned": _timed({"1": 0.8, "8": 0.4}, macs=600),
+                "pruned_compiled": {"stage": "prune", "skipped": "no compiler"},
+                "onnx_fp32": _timed({"1": 0.5, "8": 0.3}), "openvino_fp32": _timed({"1": 0.4, "8": 0.35}),
+                "qat": _timed({"1": 0.1, "8": 0.05}), "onnx_int8": _timed({"1": 0.3, "8": 0.2})}
+    best = best_runtimes(variants, "8")
+    assert best == {"best_fp32": "onnx_fp32", "best_int8": "onnx_int8"}  # QAT is never a reference: it trains
+    built = []
+    specs = reference_specs(best, student_path="models/student.pt", folder=tmp_path,
+                            build=lambda name, folder: built.append(name) or folder / f"{name}.onnx")
+    assert built == ["onnx_fp32", "onnx_int8"]
+    assert (specs["best_fp32"].name, specs["best_fp32"].kind) == ("unpruned_onnx_fp32", "onnx")
+    references = {"best_fp32": _timed({"1": 0.6, "8": 0.45}, name="unpruned_onnx_fp32"),
+                  "best_int8": _timed({"1": 0.3, "8": 0.2}, name="unpruned_onnx_int8")}
+    effect = pruning_effect(variants, references, best, [1, 8])
+    assert effect["mac_reduction"] == pytest.approx(0.4)
+    fp32 = effect["pairs"]["best_fp32"]["latency_ms"]["8"]
+    assert fp32["latency_reduction"] == pytest.approx(1 - 0.3 / 0.45, abs=1e-4)
+    assert fp32["realised"] == pytest.approx((1 - 0.3 / 0.45) / 0.4, abs=1e-3)
+    assert effect["pairs"]["eager"]["unpruned"] == "student"
+    assert effect["pairs"]["eager"]["latency_ms"]["8"]["realised"] == pytest.approx(0.2 / 0.4)
+    assert effect["pairs"]["best_int8"]["latency_ms"]["1"]["latency_reduction"] == 0.0  # slower is negative, equal 0
+    # eager as the fastest FP32 runtime: its unpruned side is the benchmark's own `student`, nothing built
+    assert reference_specs({"best_fp32": "pruned", "best_int8": None}, student_path="s.pt", folder=tmp_path,
+                           build=lambda *a: pytest.fail("built")) == {}
+
+
+def test_latency_probe_times_a_model_on_an_exported_runtime() -> None:
+    from edgecompress.bench.config import PruneLatencyConfig
+    from edgecompress.bench.pruning import latency_probe
+    from edgecompress.quantize.config import QuantizeConfig
+    model = nn.Sequential(nn.Conv2d(3, 8, 3), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 4))
+    bench = BenchConfig(warmup=1, repeats=3, min_time_s=0.0, threads=1)
+    threads = torch.get_num_threads()
+    for runtime in ("eager", "onnx_fp32"):
+        probe = latency_probe(torch.randn(2, 3, 16, 16), latency=PruneLatencyConfig(runtime=runtime, batch_size=2),
+                              bench=bench, quantize=QuantizeConfig())
+        result = probe(model.train())
+        assert set(result) == {"latency_ms"} and result["latency_ms"] > 0
+        assert model.training and torch.get_num_threads() == threads  # mode and threads restored
+    with pytest.raises(EdgecompressError, match="runtime='tensorrt' is invalid"):
+        PruneLatencyConfig(runtime="tensorrt")
+
+
+def test_plot_steps_writes_png_with_or_without_latency(tmp_path: Path) -> None:
+    from edgecompress.bench.pruning import plot_steps
+    records = [{"step": 0, "macs": 100, "latency_ms": 0.2, "val_accuracy": 0.9},
+               {"step": 1, "macs": 60, "latency_ms": 0.15, "val_accuracy": 0.5}]
+    plot_steps(records, tmp_path / "steps.png", title="t")
+    plot_steps([{"step": 0, "macs": 100}, {"step": 1, "macs": 60}], tmp_path / "bare.png", title="t")  # torchrun: no probes
+    assert (tmp_path / "steps.png").read_bytes()[:4] == b"\x89PNG" and (tmp_path / "bare.png").stat().st_size > 0

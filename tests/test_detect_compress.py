@@ -10,11 +10,11 @@ import pytest
 import torch
 
 from edgecompress import EdgecompressError
-from edgecompress.detection.compress import (RawHead, calibration_paths, fp16_variant, head_output_convs,
-                                             pruned_variant)
+from edgecompress.detection.compress import calibration_paths, fp16_variant
 from edgecompress.detection.data import DetectionDataset, ImageAnnotation
-from edgecompress.detection.models import load_detector
+from edgecompress.detection.models import Detector, RawHead, load_detector
 from edgecompress.detection.params import DetectorParams
+from edgecompress.detection.pruning import head_output_convs, pruned_variant, pruning_summary
 from edgecompress.plots import pareto_front
 
 CLASSES = ["person", "bicycle", "car"]
@@ -41,13 +41,26 @@ def test_pareto_front() -> None:
     assert pareto_front(points, keep_ties=True) == ["int8", "fp32"]
 
 
-def test_pruning_keeps_the_head_layout_and_removes_backbone_channels(tmp_path: Path) -> None:
+@pytest.fixture(scope="module")
+def tiny_v5(tmp_path_factory: pytest.TempPathFactory) -> Detector:
+    """A random yolov5n (3 classes, 64 px) through the import, as detect_compress loads one."""
     from edgecompress.detection.models import import_yolov5
     from test_detect import write_yolov5_checkpoint
 
-    import_yolov5(write_yolov5_checkpoint(tmp_path / "v5.pt"), tmp_path / "v5.safe.pt")
-    detector = load_detector("v5", DetectorParams(family="yolov5", weights=str(tmp_path / "v5.safe.pt")),
-                             dataset_classes=CLASSES, imgsz=64)
+    folder = tmp_path_factory.mktemp("v5")
+    import_yolov5(write_yolov5_checkpoint(folder / "v5.pt"), folder / "v5.safe.pt")
+    return load_detector("v5", DetectorParams(family="yolov5", weights=str(folder / "v5.safe.pt")),
+                         dataset_classes=CLASSES, imgsz=64)
+
+
+def backbone_widths(model: torch.nn.Module) -> list[int]:
+    """out_channels of every convolution but the head's outputs (which pruning keeps)."""
+    head = {id(m) for m in head_output_convs(model)}
+    return [m.out_channels for m in model.modules() if isinstance(m, torch.nn.Conv2d) and id(m) not in head]
+
+
+def test_pruning_keeps_the_head_layout_and_removes_backbone_channels(tiny_v5: Detector) -> None:
+    detector = tiny_v5
     head = head_output_convs(detector.model)
     assert len(head) == 3 and all(isinstance(m, torch.nn.Conv2d) for m in head)  # one per stride
     x = torch.rand(1, 3, 64, 64)
@@ -59,12 +72,14 @@ def test_pruning_keeps_the_head_layout_and_removes_backbone_channels(tmp_path: P
     assert sum(p.numel() for p in pruned.model.parameters()) < before  # fused again, narrower
     assert sum(p.numel() for p in detector.model.parameters()) == before  # original untouched
     assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in pruned.model.modules())
+    assert any(width % 8 for width in backbone_widths(pruned.model))  # exact counts (round_to null): 11, 22, 44...
+    assert info["round_to"] is None and "round_to null" in info["method"]
     with pytest.raises(EdgecompressError, match="no YOLO Detect head"):
         head_output_convs(torch.nn.Sequential(torch.nn.Conv2d(3, 3, 1)))
 
 
 def test_ultralytics_c2f_models_are_pruned_after_a_split_free_rewrite() -> None:
-    from edgecompress.detection.compress import split_free_c2f
+    from edgecompress.detection.pruning import split_free_c2f
 
     torch.manual_seed(0)
     detector = load_detector("m", DetectorParams(family="ultralytics", arch="yolov8n.yaml", weights=None),
@@ -211,3 +226,70 @@ def test_int8_gate_rebuilds_with_float_convolutions_until_within_budget(tmp_path
     assert record["float_layers"] == [first] and record["met"] and record["drop_points"] == 0.0
     assert record["judged_on"] == "3 training-split images (mAP@.5)"
     assert onnx_layer_summary(tmp_path / "m_int8.onnx")["float"] == 1  # the artifact is the one judged
+
+
+def test_round_to_keeps_pruned_widths_multiples_and_pruned_runtimes_start_from_the_pruned_network(
+        tiny_v5: Detector, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """detection.compress.prune_round_to through build_variants: only pruned_onnx_fp32 is asked for, so
+    the pruned network is built for it (not the original's ONNX) and exported under <out>/pruned."""
+    from edgecompress.detection import compress
+
+    monkeypatch.setattr(compress, "calibration_batch", lambda paths, imgsz: torch.rand(2, 3, imgsz, imgsz))
+    built = compress.build_variants(tiny_v5, ["fp32", "pruned_onnx_fp32"], calibration=[tmp_path / "unused.jpg"],
+                                    out_dir=tmp_path, threads=1, prune_ratio=0.3, prune_round_to=8)
+    pruned, info = built["pruned"]
+    # Torch-Pruning rounds each kept count down to a multiple of 8; a layer with fewer than 8 channels could
+    # not be one and is left whole (yolov5n has none: its narrowest layer has 16)
+    assert all(width % 8 == 0 or width < 8 for width in backbone_widths(pruned.model))
+    assert info["round_to"] == 8 and "round_to 8" in info["method"] and info["mac_ratio_removed"] > 0.1
+    onnx, record = built["pruned_onnx_fp32"]
+    assert record["method"] == "pruned model, then ONNX export (CPUExecutionProvider)"
+    assert record["macs_after"] == info["macs_after"] and record["round_to"] == 8
+    assert sorted(p.relative_to(tmp_path).as_posix() for p in tmp_path.rglob("*.onnx")) == ["pruned/v5_fp32.onnx"]
+    x = torch.rand(1, 3, 64, 64)
+    with torch.no_grad():
+        torch.testing.assert_close(onnx.model(x), RawHead(pruned.model)(x), atol=1e-3, rtol=1e-3)
+    skipped = compress.pruned_runtime_variants((None, {"skipped": "no graph"}), ["pruned", "pruned_openvino_int8"],
+                                               tmp_path / "none", x, threads=1)
+    assert skipped == {"pruned_openvino_int8": (None, {"skipped": "no graph"})}  # pruning's own reason
+
+
+def measured(model_ms: float) -> dict:
+    return {"method": "m", "timing": {"blocks": {"model": {"per_image_ms": model_ms}}}}
+
+
+def test_pruning_summary_turns_removed_macs_into_speedups_per_runtime() -> None:
+    macs = {"ratio": 0.25, "round_to": 8, "macs_before": 1000, "macs_after": 600}  # 40% of the MACs removed
+    variants = {"fp32": measured(30.0), "pruned": {**measured(24.0), **macs},
+                "onnx_fp32": measured(20.0), "pruned_onnx_fp32": {**measured(16.0), **macs},
+                "openvino_fp32": measured(22.0), "pruned_openvino_fp32": {"skipped": "x"},
+                "openvino_int8": measured(10.0), "pruned_openvino_int8": {**measured(11.0), **macs}}
+    summary = pruning_summary(variants)
+    assert summary["mac_reduction"] == pytest.approx(0.4) and summary["round_to"] == 8
+    assert set(summary["runtimes"]) == {"fp32", "onnx_fp32", "openvino_int8"}  # openvino_fp32: pruned not measured
+    eager = summary["runtimes"]["fp32"]
+    assert eager["pruned_variant"] == "pruned" and (eager["original_ms"], eager["pruned_ms"]) == (30.0, 24.0)
+    assert eager["speedup"] == pytest.approx(1.25) and eager["latency_reduction"] == pytest.approx(0.2)
+    assert eager["realised_fraction"] == pytest.approx(0.5)  # 20% of the time for 40% of the MACs
+    assert summary["runtimes"]["openvino_int8"]["speedup"] == pytest.approx(10 / 11, abs=1e-4)
+    assert summary["never_slower"] is False  # pruned INT8 is slower
+    assert summary["best_fp32"] == {"original": "onnx_fp32", "original_ms": 20.0, "pruned": "pruned_onnx_fp32",
+                                    "pruned_ms": 16.0, "speedup": 1.25}
+    del variants["openvino_int8"]
+    assert pruning_summary(variants)["never_slower"] is True
+    assert pruning_summary({"fp32": measured(30.0), "pruned": {"skipped": "no graph"}}) is None
+
+
+def test_the_report_states_the_pruning_targets_with_their_numbers() -> None:
+    from edgecompress.detection.report import pruning_lines
+
+    variants = {"fp32": measured(30.0), "pruned": {**measured(27.0), "ratio": 0.05, "round_to": None,
+                                                   "macs_before": 1000, "macs_after": 900},
+                "openvino_int8": measured(10.0), "pruned_openvino_int8": {**measured(11.0), "macs_before": 1000,
+                                                                          "macs_after": 900}}
+    text = "\n".join(pruning_lines(pruning_summary(variants)))
+    assert "10.0% of the MACs removed" in text and "| `fp32` / `pruned` | 30.0 | 27.0 | 1.11× | 1.00 |" in text
+    assert ("| Pruned never slower than the original on any runtime | NOT met (lowest speedup: `openvino_int8` "
+            "0.91×) |") in text
+    assert "NOT met (`fp32` 30.0 ms -> `pruned` 27.0 ms, 1.11×)" in text  # best FP32: 1.11x < 1.2x
+    assert "mAP@.5 after pruning has no target" in text and pruning_lines(None) == []

@@ -27,10 +27,18 @@ def test_the_committed_params_file_validates_with_its_yaml_names() -> None:
     as_dict = detection.to_dict()
     assert set(as_dict) == set(written)  # every key of the file, "import" spelled as in YAML
     assert as_dict["compress"] == written["compress"] and as_dict["train"] == written["train"]
+    # the pruned network is measured on the runtimes it is compared with (issue #17)
+    pruned = {"pruned", "pruned_onnx_fp32", "pruned_openvino_fp32", "pruned_openvino_int8"}
+    assert pruned <= set(written["compress"]["variants"])
 
 
 @pytest.mark.parametrize("changes, message", [
     ({"compress": {"prune_ratio": 1.5}}, "detection.compress.prune_ratio=1.5 is invalid: must be a number in (0, 1)"),
+    ({"compress": {"prune_round_to": 0}},
+     "detection.compress.prune_round_to=0 is invalid: must be null or an integer >= 1"),
+    ({"compress": {"finetune_lr": 0}}, "detection.compress.finetune_lr=0 is invalid: must be null or a number > 0"),
+    ({"compress": {"finetune_lr": "1e-3"}}, "detection.compress.finetune_lr='1e-3' is invalid: must be a number"),
+    ({"compress": {"variants": ["pruned_onnx_int8"]}}, "detection.compress.variants=['pruned_onnx_int8'] is invalid"),
     ({"models": {"m": {"family": "yolov7", "weights": "x.pt"}}, "compress": {"model": "m"}, "train": {"model": "m"}},
      "detection.models.m.family='yolov7' is invalid: allowed: yolov5, ultralytics, torchvision"),
     ({"models": {"m": {"family": "yolov5", "weights": None}}},

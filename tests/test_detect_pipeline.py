@@ -121,7 +121,7 @@ def test_detection_pipeline_smoke_run_random_weights(repo_copy: Path, tmp_path: 
     compress = json.loads((det / "metrics" / "detect_compress.json").read_text())
     assert compress["calibration"] == {"images": 1, "disjoint_from_evaluation": True}  # the one held-out image
     assert set(compress["variants"]) == {"fp32", "onnx_fp32", "onnx_int8", "openvino_fp32", "openvino_int8", "pruned",
-                                         "fp16"}
+                                         "pruned_onnx_fp32", "pruned_openvino_fp32", "pruned_openvino_int8", "fp16"}
     assert "CUDA only" in compress["variants"]["fp16"]["skipped"]
     for name in ("onnx_int8", "openvino_int8"):
         gate = compress["variants"][name]["gate"]
@@ -130,12 +130,20 @@ def test_detection_pipeline_smoke_run_random_weights(repo_copy: Path, tmp_path: 
     assert pruned["params_after"] < pruned["params_before"] and pruned["finetune"]["epochs"] == 1
     assert 0 <= pruned["finetune"]["before"]["map_50"] <= 1
     assert "fine-tuned 1 epochs on 1 images" in pruned["method"]
-    for name in ("fp32", "onnx_fp32", "onnx_int8", "openvino_fp32", "openvino_int8", "pruned"):
+    for name in ("fp32", "onnx_fp32", "onnx_int8", "openvino_fp32", "openvino_int8", "pruned", "pruned_onnx_fp32",
+                 "pruned_openvino_fp32", "pruned_openvino_int8"):
         assert compress["variants"][name]["timing"]["images"] == 2
+    assert "gate" not in compress["variants"]["pruned_openvino_int8"]  # judged by its own accuracy
+    pruning = compress["pruning"]  # MACs removed against milliseconds, each runtime with and without pruning
+    assert pruning["mac_reduction"] > 0 and set(pruning["runtimes"]) == {"fp32", "onnx_fp32", "openvino_fp32",
+                                                                          "openvino_int8"}
+    assert isinstance(pruning["never_slower"], bool) and pruning["best_fp32"]["speedup"] > 0
     assert (det / "plots" / "compress_pareto.png").read_bytes()[:4] == b"\x89PNG"
     assert sorted(p.name for p in (det / "models" / "compressed").iterdir()) == [
-        "v5_fp32.onnx", "v5_int8.onnx", "v5_openvino_fp32.bin", "v5_openvino_fp32.xml", "v5_openvino_int8.bin",
-        "v5_openvino_int8.xml"]
+        "pruned", "v5_fp32.onnx", "v5_int8.onnx", "v5_openvino_fp32.bin", "v5_openvino_fp32.xml",
+        "v5_openvino_int8.bin", "v5_openvino_int8.xml"]
+    assert sorted(p.name for p in (det / "models" / "compressed" / "pruned").iterdir()) == [
+        "v5_fp32.onnx", "v5_openvino_fp32.bin", "v5_openvino_fp32.xml", "v5_openvino_int8.bin", "v5_openvino_int8.xml"]
     profile = json.loads((det / "metrics" / "detect_profile.json").read_text())
     assert set(profile["models"]) == {"yolov8n", "v5"}
     for name in profile["models"]:
@@ -143,6 +151,7 @@ def test_detection_pipeline_smoke_run_random_weights(repo_copy: Path, tmp_path: 
         assert json.loads((det / "metrics" / "profile" / f"{name}_trace.json").read_text())
     report = (det / "REPORT.md").read_text()
     assert "## Compressed variants" in report and "outside the evaluation subset" in report and "## Profile" in report
+    assert "of the MACs removed" in report and "Pruned never slower than the original on any runtime" in report
     assert "## Fine-tuning" in report and "ultralytics YOLO.train" in report
     assert "yolov8n (random weights)" in report and "not judged: random weights" in report
     assert "up to date" in run(["dvc", "repro", "pipelines/detection/dvc.yaml"], repo_copy).stdout

@@ -155,6 +155,10 @@ def test_checkpoint_roundtrip(tmp_path) -> None:
         ({"iterative_steps": 0}, "iterative_steps=0 is invalid"),
         ({"round_to": 0}, "round_to=0 is invalid"),
         ({"global_pruning": "yes"}, "global='yes' is invalid"),  # named as in params.yaml
+        ({"ratios": {"layer1": 1.0}}, "ratios.layer1=1.0 is invalid"),
+        ({"target": {"kind": "time"}}, "target.kind='time' is invalid"),
+        ({"target": {"kind": "latency"}}, "target.value=None is invalid"),
+        ({"target": {"kind": "ratio", "value": 0.5}}, "target.value=0.5 is invalid"),
     ],
 )
 def test_config_validation(kwargs: dict, key: str) -> None:
@@ -168,8 +172,66 @@ def test_config_validation(kwargs: dict, key: str) -> None:
 
 def test_config_to_dict() -> None:
     assert PruneConfig().to_dict() == {
-        "ratio": 0.2, "importance": "l1", "global": False, "iterative_steps": 1, "round_to": None,
+        "ratio": 0.2, "ratios": None, "importance": "l1", "global": False, "iterative_steps": 1, "round_to": None,
+        "target": {"kind": "ratio", "value": None},
     }
+
+
+@pytest.mark.parametrize("round_to", [4, 8])
+def test_round_to_multiples_and_reload(round_to: int, tmp_path) -> None:
+    model = tiny(width=1.0)  # widths 16/32/64
+    report = prune_model(model, X, PruneConfig(ratio=0.3, round_to=round_to))
+    assert all(m.out_channels % round_to == 0 for m in model.modules() if isinstance(m, nn.Conv2d))
+    assert report["not_multiple_of_round_to"] == {}
+    path = tmp_path / "pruned.pt"
+    models.save_checkpoint(path, model, arch=models.arch_config("resnet20", 10, 1.0, True), meta={})
+    loaded, _ = models.load_checkpoint(path)
+    with torch.no_grad():
+        assert torch.equal(model.eval()(X), loaded(X))
+    # the stem stream of a width-0.25 net has 4 channels: fewer than 8, left whole and named
+    small = tiny(width=0.25)
+    report = prune_model(small, X, PruneConfig(ratio=0.3, round_to=8))
+    assert report["not_multiple_of_round_to"]["conv1"] == 4
+
+
+def fake_latency(model: nn.Module) -> dict[str, float]:
+    """A timer that is the conv channel count: falls with every step, deterministic."""
+    return {"latency_ms": float(sum(m.out_channels for m in model.modules() if isinstance(m, nn.Conv2d)))}
+
+
+def test_latency_target_stops_at_first_step_that_meets_it() -> None:
+    model = tiny()
+    unpruned = fake_latency(model)["latency_ms"]
+    calls = []
+    config = PruneConfig(ratio=0.6, iterative_steps=6, target={"kind": "latency", "value": 0.8})
+    report = prune_model(model, X, config, latency_probe=lambda m: calls.append(1) or fake_latency(m),
+                         accuracy_probe=lambda m: {"val_accuracy": 0.5})
+    records = report["step_records"]
+    fractions = [r["latency_ms"] / unpruned for r in records]
+    # stopped at the first step at or under 0.8, every earlier step above it, and each step recorded
+    assert fractions[-1] <= 0.8 and all(f > 0.8 for f in fractions[1:-1])
+    assert report["steps"] == len(records) - 1 < 6 and len(calls) == len(records)
+    assert [r["step"] for r in records] == list(range(len(records)))
+    assert all({"params", "macs", "latency_ms", "val_accuracy"} <= set(r) for r in records)
+    assert report["target_met"] is True and report["macs_after"] == records[-1]["macs"]
+
+
+def test_macs_target_and_missed_target() -> None:
+    report = prune_model(tiny(), X, PruneConfig(ratio=0.5, iterative_steps=5, target={"kind": "macs", "value": 0.7}))
+    assert report["macs_after"] <= 0.7 * report["macs_before"] and report["steps"] < 5
+    missed = prune_model(tiny(), X, PruneConfig(ratio=0.1, iterative_steps=2, target={"kind": "macs", "value": 0.3}))
+    assert missed["target_met"] is False and missed["steps"] == 2  # ran every step, said it missed
+    with pytest.raises(EdgecompressError, match="latency probe"):
+        prune_model(tiny(), X, PruneConfig(ratio=0.5, target={"kind": "latency", "value": 0.5}))
+
+
+def test_per_prefix_ratios() -> None:
+    model = tiny()  # widths 8/16/32
+    prune_model(model, X, PruneConfig(ratio=0.0, ratios={"layer3": 0.5}))
+    assert model.layer3[1].conv1.out_channels == 16 and model.layer2[1].conv1.out_channels == 16
+    assert model.layer1[0].conv1.out_channels == 8
+    with pytest.raises(EdgecompressError, match="layer9"):
+        prune_model(tiny(), X, PruneConfig(ratios={"layer9": 0.5}))
 
 
 def test_project_target_ratio_02() -> None:

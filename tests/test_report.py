@@ -112,7 +112,7 @@ def test_every_goal_row_is_present_with_its_verdict(built):
     text, _ = built
     goals = {**fixture_json("prune")["targets"], **fixture_json("quantize")["targets"],
              **chain_metrics.performance_goals(fixture_json("benchmark"))}
-    assert len(goals) == 15
+    assert len(goals) == 16
     goal_rows = [line for line in section(text, "Goals").splitlines()
                  if line.startswith("| ") and "`" in line]
     assert len(goal_rows) == len(goals)
@@ -122,7 +122,7 @@ def test_every_goal_row_is_present_with_its_verdict(built):
         assert cells(row[0])[-1] == ("✅" if goal["met"] else "❌"), key
         if not goal["met"]:
             assert f"Goal `{key}` not met: {goal['value']:.4g}" in text
-    assert "9 of 15 goals are met" in text
+    assert "9 of 16 goals are met" in text
 
 
 def test_skipped_variant_row_and_notes(built):
@@ -219,6 +219,32 @@ def test_speedups_match_hand_computed_values():
     assert one["pruned_compiled"]["vs_pruned_eager"] == pytest.approx(0.48 / 0.36)
 
 
+def test_pruning_section_states_latency_reduction_and_realised_fraction(built):
+    text, _ = built
+    section = text.split("## Pruning")[1].split("## Quantization")[0]
+    assert "MACs removed: 41.4%" in section
+    # best FP32 runtime at batch 8: 0.16 -> 0.12 ms, 25.0% removed, realised 0.25 / 0.4142
+    assert "| best FP32 runtime (`onnx_fp32`) | 8 | 0.160 | 0.120 | 25.0% | 0.6036 |" in section
+    assert "| best INT8 runtime (`onnx_int8`) | 8 | 0.100 | 0.085 | 15.0% | 0.3622 |" in section
+    assert "| eager PyTorch (`pruned`) | 1 | 0.610 | 0.480 | 21.3% | 0.5145 |" in section
+
+
+def test_pruning_steps_table_and_missing_latency_block(tmp_path):
+    steps = [{"step": 0, "params": 100, "macs": 1000, "channels": 10, "latency_ms": 0.2, "val_accuracy": 0.99},
+             {"step": 1, "params": 60, "macs": 600, "channels": 8, "latency_ms": 0.15, "val_accuracy": 0.5}]
+
+    def with_steps(p):
+        p.update(step_records=steps, target={"kind": "latency", "value": 0.8}, target_met=True,
+                 latency={"runtime": "openvino_fp32", "batch_size": 8})
+    metrics = chain_metrics.load_metrics(copy_fixture(tmp_path, {"prune": with_steps,
+                                                                 "benchmark": lambda b: b.pop("pruning")}))
+    text = report.render_report(metrics, {}, {})
+    assert "`prune.target` latency ≤ 0.8 × unpruned, met; latency on openvino_fp32 at batch 8" in text
+    assert "| 1 | 600 | 0.600 | 0.15 | 0.750 | 50.00 |" in text
+    assert "benchmark.json has no pruning latency block" in text
+    assert chain_metrics.performance_goals(metrics["benchmark"])["pruning_realised_fraction"]["value"] is None
+
+
 def test_best_fp32_runtime_ignores_skipped_variants():
     bench = fixture_json("benchmark")
     bench["variants"]["onnx_fp32"] = {"stage": "quantize", "skipped": "onnxruntime missing"}
@@ -229,12 +255,15 @@ def test_best_fp32_runtime_ignores_skipped_variants():
 
 def test_performance_goals_match_hand_computed_values():
     goals = chain_metrics.performance_goals(fixture_json("benchmark"))
-    assert {g["variant"] for g in goals.values()} == {"onnx_int8"}   # fastest INT8 at batch 8 (0.085 ms)
+    int8 = {k: g for k, g in goals.items() if k != "pruning_realised_fraction"}
+    assert {g["variant"] for g in int8.values()} == {"onnx_int8"}    # fastest INT8 at batch 8 (0.085 ms)
+    assert goals["pruning_realised_fraction"]["variant"] == "onnx_fp32"  # the pruned model's best FP32 runtime
     expected = {"int8_speedup_vs_pruned_eager": (0.30 / 0.085, True),      # 3.53 >= 3
                 "int8_speedup_vs_best_fp32": (0.12 / 0.085, False),        # 1.41 < 1.5
                 "final_speedup_vs_teacher": (2.0 / 0.085, True),           # 23.5 >= 8
                 "final_size_reduction_vs_teacher": (1.9369 / 0.092, True),  # 21.1 >= 10
-                "final_accuracy_loss_points": (0.0, True)}                 # 99.2593 - 99.2593
+                "final_accuracy_loss_points": (0.0, True),                 # 99.2593 - 99.2593
+                "pruning_realised_fraction": (0.6036, False)}              # 0.25 / 0.4142 (4 digits) < 0.7
     assert set(goals) == set(expected)
     for key, (value, met) in expected.items():
         assert goals[key]["value"] == pytest.approx(value, abs=1e-6), key
@@ -256,6 +285,7 @@ def test_performance_goals_without_int8_are_not_met():
         if is_int8_variant(name):
             bench["variants"][name] = {"stage": "quantize", "skipped": "test"}
     goals = chain_metrics.performance_goals(bench)
+    goals.pop("pruning_realised_fraction")  # an FP32 figure: INT8 variants do not enter it
     assert all(g["value"] is None and g["met"] is False for g in goals.values())
 
 

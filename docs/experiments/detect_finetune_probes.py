@@ -23,9 +23,10 @@ import torch
 
 from edgecompress.detection import source
 from edgecompress.detection import train as dt
-from edgecompress.detection.compress import RawHead, calibration_batch, head_output_convs, pruned_variant
+from edgecompress.detection.compress import calibration_batch
 from edgecompress.detection.inference import evaluate_detector
-from edgecompress.detection.models import fuse_network, load_detector, unfused_network
+from edgecompress.detection.models import RawHead, fuse_network, load_detector, unfused_network
+from edgecompress.detection.pruning import head_output_convs, pruned_variant
 from edgecompress.detection.params import DetectorParams
 from edgecompress.prune import PruneConfig, prune_model
 

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from edgecompress.bench.config import BenchConfig
+from edgecompress.bench.config import BenchConfig, PruneLatencyConfig
 from edgecompress.config import Settings, check, load_settings, parse_settings
 from edgecompress.data import DataParams
 from edgecompress.distill import DistillParams
@@ -43,6 +43,7 @@ class RunParams(Settings):
 class PruneParams(PruneConfig):
     """`prune` block: the method (`prune.PruneConfig`) plus the fine-tuning that follows it."""
 
+    latency: PruneLatencyConfig = field(default_factory=PruneLatencyConfig)  # where each step is timed
     finetune_epochs: int = 5  # after pruning; 0 = none
     finetune_lr: float = 0.01
     finetune_kd: bool = True  # fine-tune with the distillation loss from the teacher

@@ -40,6 +40,33 @@ def importance_names() -> list[str]:
     return sorted(IMPORTANCES)
 
 
+TARGET_KINDS = ("ratio", "macs", "latency")
+
+
+@dataclass(frozen=True)
+class PruneTarget(Settings):
+    """When pruning stops (`prune.target`).
+
+    Attributes:
+        kind: "ratio": remove `ratio` of every group's channels in `iterative_steps` steps (the MACs
+            removed follow from it); "macs" / "latency": prune in the same steps and stop at the first
+            step whose MACs / measured latency is at most `value` x the unpruned model's (`ratio` is then
+            the ratio the last step would reach: the most that may be removed).
+        value: the fraction of the unpruned MACs / latency to reach, in (0, 1); null for "ratio".
+    """
+
+    kind: str = "ratio"  # ratio | macs | latency
+    value: float | None = None  # macs / latency: stop at <= value x the unpruned model's
+
+    def validate(self) -> None:
+        check_choice(self.kind, "kind", TARGET_KINDS)
+        if self.kind == "ratio":
+            check(self.value is None, "value", self.value, "must be null for kind 'ratio' (the ratio is prune.ratio)")
+        else:
+            check(self.value is not None and 0 < self.value < 1, "value", self.value,
+                  f"must be a number in (0, 1) for kind '{self.kind}': the fraction of the unpruned {self.kind}")
+
+
 @dataclass(frozen=True)
 class PruneConfig(Settings):
     """How channels are removed (the method part of the `prune` block).
@@ -47,21 +74,31 @@ class PruneConfig(Settings):
     Attributes:
         ratio: fraction of channels removed from each prunable group, in [0, 1); 0 is a no-op (a
             baseline run through the same stage).
+        ratios: {module-name prefix: ratio} overrides of `ratio` for the layers under a prefix (the
+            longest matching prefix wins; Torch-Pruning's `pruning_ratio_dict`; with global ranking, each
+            ratio's layers are ranked among themselves); null = `ratio` everywhere.
         importance: channel ranking criterion, one of `importance_names()`.
         global_pruning: rank channels of all layers together, so robust layers lose more and
             sensitive ones less (the overall fraction is still `ratio`). YAML name: `global`.
         iterative_steps: reach `ratio` in this many equal steps, re-ranking after each one.
-        round_to: keep channel counts multiples of this (SIMD/tensor-core friendly); None = exact.
+        round_to: keep channel counts multiples of this (SIMD-friendly); Torch-Pruning rounds the kept
+            count down, and a group that would end up empty is left whole. None = exact.
+        target: when to stop (`PruneTarget`).
     """
 
     ratio: float = 0.2  # fraction of channels removed per prunable group, [0, 1)
+    ratios: dict[str, float] | None = None  # {module-name prefix: ratio}; null = ratio everywhere
     importance: str = "l1"  # l1 | l2 | taylor | random (control)
     global_pruning: bool = field(default=False, metadata={"yaml": "global"})  # rank across layers
     iterative_steps: int = 1  # prune in this many steps, re-ranking after each
     round_to: int | None = None  # keep channel counts multiples of this; null = exact
+    target: PruneTarget = field(default_factory=PruneTarget)
 
     def validate(self) -> None:
         check(0.0 <= self.ratio < 1.0, "ratio", self.ratio, "must be a number in [0, 1)")
+        for prefix, value in (self.ratios or {}).items():
+            check(isinstance(value, (int, float)) and 0.0 <= value < 1.0, f"ratios.{prefix}", value,
+                  "must be a number in [0, 1)")
         check_choice(self.importance, "importance", importance_names())
         check(self.iterative_steps >= 1, "iterative_steps", self.iterative_steps, "must be an integer >= 1")
         check(self.round_to is None or self.round_to >= 1, "round_to", self.round_to,
@@ -99,28 +136,72 @@ def _accumulate_gradients(model, batches, loss_fn, device) -> None:
         raise EdgecompressError("prune.importance='taylor' needs calibration batches (gradients); got none")
 
 
+# a probe measures the model after each step: {"latency_ms": ...} or {"val_accuracy": ...}
+StepProbe = Callable[[nn.Module], dict[str, float]]
+
+
+def _ratio_dict(model: nn.Module, ratios: dict[str, float] | None) -> dict[nn.Module, float] | None:
+    """Torch-Pruning's per-layer ratios: every conv/linear under a prefix of `ratios` (longest wins).
+    A dependency group takes the ratio of the layer that heads it, as Torch-Pruning does."""
+    if not ratios:
+        return None
+    out = {}
+    for name, module in model.named_modules():
+        hits = [p for p in ratios if isinstance(module, (nn.Conv2d, nn.Linear)) and (name == p or name.startswith(p + "."))]
+        if hits:
+            out[module] = float(ratios[max(hits, key=len)])
+    unmatched = [p for p in ratios if not any(n == p or n.startswith(p + ".") for n, _ in model.named_modules())]
+    if unmatched:
+        raise EdgecompressError(f"prune.ratios: no layer of the model is named {unmatched[0]!r} or under it "
+                                f"(top-level names: {', '.join(n for n, _ in model.named_children())})")
+    return out
+
+
+def _record(step: int, model: nn.Module, example_inputs: torch.Tensor, probes: list[StepProbe]) -> dict[str, Any]:
+    record: dict[str, Any] = {"step": step, **_measure(model, example_inputs)}
+    for probe in probes:
+        record.update(probe(model))
+    return record
+
+
+def _target_met(target: PruneTarget, record: dict[str, Any], first: dict[str, Any]) -> bool:
+    if target.kind == "ratio":
+        return False
+    key = "macs" if target.kind == "macs" else "latency_ms"
+    return record[key] <= target.value * first[key]
+
+
 def _prune_steps(model: nn.Module, example_inputs: torch.Tensor, config: PruneConfig,
-                 ignored_layers: list[nn.Module], taylor: tuple[Any, Callable] | None) -> int:
-    """Torch-Pruning's pruner run for `config.iterative_steps` steps (`taylor`: the gradient batches and
-    loss to score with before each step); returns the steps run."""
+                 ignored_layers: list[nn.Module], taylor: tuple[Any, Callable] | None,
+                 probes: list[StepProbe]) -> list[dict[str, Any]]:
+    """Torch-Pruning's pruner run for up to `config.iterative_steps` steps (`taylor`: the gradient batches
+    and loss to score with before each step), stopping early at the first step that meets a macs or
+    latency target. Returns one record per step, step 0 being the unpruned model: params, MACs, conv
+    channels and what each probe measured."""
     pruner = tp.pruner.BasePruner(
         model,
         example_inputs,
         importance=IMPORTANCES[config.importance](),
         pruning_ratio=config.ratio,
+        pruning_ratio_dict=_ratio_dict(model, config.ratios),
         global_pruning=config.global_pruning,
         iterative_steps=config.iterative_steps,
         ignored_layers=ignored_layers,
         round_to=config.round_to,
     )
     device = next(model.parameters()).device
+    records = [_record(0, model, example_inputs, probes)]
     for step in range(1, config.iterative_steps + 1):
         if taylor is not None:
             _accumulate_gradients(model, taylor[0], taylor[1], device)
         pruner.step()
-        log.info("prune step %d/%d: %d params", step, config.iterative_steps, count_params(model))
-    model.zero_grad(set_to_none=True)
-    return config.iterative_steps
+        model.zero_grad(set_to_none=True)
+        records.append(_record(step, model, example_inputs, probes))
+        log.info("prune step %d/%d: %s", step, config.iterative_steps,
+                 ", ".join(f"{k} {v:.4g}" for k, v in records[-1].items() if k != "step"))
+        if _target_met(config.target, records[-1], records[0]):
+            break
+    return records
 
 
 def prune_model(
@@ -131,6 +212,8 @@ def prune_model(
     ignored_layers: list[nn.Module] | None = None,
     calibration_batches: Iterable[tuple[torch.Tensor, torch.Tensor]] | None = None,
     loss_fn: Callable | None = None,
+    latency_probe: StepProbe | None = None,
+    accuracy_probe: StepProbe | None = None,
 ) -> dict[str, Any]:
     """Remove channels from `model` in place and report what it saved.
 
@@ -145,36 +228,53 @@ def prune_model(
     Args:
         model: the network; its layers are replaced by narrower ones.
         example_inputs: a batch (e.g. 1x3x32x32) on the model's device, for tracing and MAC counts.
-        config: ratio, criterion and schedule.
+        config: ratio, criterion, schedule and target.
         ignored_layers: modules whose output channels are kept. None = every Linear whose
             out_features equals the model's output width (the classifier); an explicit list
             replaces that default.
         calibration_batches: (inputs, targets) batches for "taylor" (a few are enough); they are
             re-iterated at each step, so a one-shot iterator is materialised first.
         loss_fn: `loss_fn(logits, targets)` for "taylor"; default cross-entropy.
+        latency_probe: model -> {"latency_ms": ...}, run before pruning and after every step (required
+            by a latency target); accuracy_probe: model -> {"val_accuracy": ...} likewise (optional).
     Returns:
-        params/macs/channels before and after, the removed ratios, steps run and the config.
+        params/macs/channels before and after, the removed ratios, the steps run with each step's
+        record ("step_records"), whether the target was met and the config.
     Raises:
-        EdgecompressError: "taylor" without (or with empty) calibration batches.
+        EdgecompressError: "taylor" without (or with empty) calibration batches; a latency target
+            without a latency probe; a `ratios` prefix that names no layer.
     """
     taylor = config.importance == "taylor"
     if taylor and calibration_batches is None:
         raise EdgecompressError("prune.importance='taylor' needs calibration batches (gradients); none given")
     if taylor and iter(calibration_batches) is calibration_batches:
         calibration_batches = list(calibration_batches)
+    if config.target.kind == "latency" and latency_probe is None:
+        raise EdgecompressError("prune.target.kind='latency' needs a latency probe (the stage's timer); none given")
     loss_fn = loss_fn or F.cross_entropy
+    probes = [p for p in (latency_probe, accuracy_probe) if p is not None]
 
     was_training = model.training
     try:
         model.eval()
-        before = _measure(model, example_inputs)
         if ignored_layers is None:
             ignored_layers = _default_ignored(model, example_inputs)
-        steps = _prune_steps(model, example_inputs, config, ignored_layers,
-                             (calibration_batches, loss_fn) if taylor else None) if config.ratio > 0 else 0
-        after = _measure(model, example_inputs)
+        if config.ratio > 0 or config.ratios:
+            records = _prune_steps(model, example_inputs, config, ignored_layers,
+                                   (calibration_batches, loss_fn) if taylor else None, probes)
+        else:
+            records = [_record(0, model, example_inputs, probes)]
     finally:
         model.train(was_training)
+    report = _summary(records, config)
+    if config.round_to:  # layers narrower than round_to keep their width: the metrics say which
+        report["not_multiple_of_round_to"] = {name: m.out_channels for name, m in model.named_modules()
+                                              if isinstance(m, nn.Conv2d) and m.out_channels % config.round_to}
+    return report
+
+
+def _summary(records: list[dict[str, Any]], config: PruneConfig) -> dict[str, Any]:
+    before, after = records[0], records[-1]
 
     def removed(key: str) -> float:
         return 1.0 - after[key] / before[key] if before[key] else 0.0
@@ -186,10 +286,15 @@ def prune_model(
         "channel_ratio_removed": removed("channels"),
         "param_ratio_removed": removed("params"),
         "mac_ratio_removed": removed("macs"),
-        "steps": steps,
+        "steps": len(records) - 1,
+        "step_records": records,
+        "target_met": None if config.target.kind == "ratio" else _target_met(config.target, after, before),
         "config": config.config().to_dict(),
     }
+    if report["target_met"] is False:
+        log.warning("prune.target %s <= %s x unpruned not reached after %d steps (ratio %s): %s", config.target.kind,
+                    config.target.value, report["steps"], config.ratio,
+                    "raise prune.ratio or iterative_steps" if config.ratio < 0.9 else "the model cannot get there")
     log.info("pruned %s: params %d -> %d, MACs %d -> %d", config.importance, before["params"],
              after["params"], before["macs"], after["macs"])
     return report
-

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from edgecompress.config import Settings, check, check_choice, is_batch_list
+from edgecompress.quantize.config import fp32_runtime_variants
 
 DEVICES = ("cpu", "cuda")  # where variants run and are timed
 
@@ -22,6 +23,7 @@ class BenchConfig(Settings):
     compile: bool = True
     isolate: bool = True
     device: str = "cpu"  # where variants run and are timed: cpu (the edge CPU) | cuda (an edge/server GPU)
+    unpruned_references: bool = True  # also time the unpruned student on the pruned model's fastest FP32/INT8 runtimes
 
     def validate(self) -> None:
         check(is_batch_list(self.batch_sizes), "batch_sizes", self.batch_sizes,
@@ -30,3 +32,18 @@ class BenchConfig(Settings):
             check(getattr(self, key) >= low, key, getattr(self, key), f"must be an integer >= {low}")
         check(0 <= self.min_time_s <= 60, "min_time_s", self.min_time_s, "must be seconds in [0, 60]")
         check_choice(self.device, "device", DEVICES)
+
+
+LATENCY_RUNTIMES = ("eager", *fp32_runtime_variants())  # where the prune stage can time a model
+
+
+@dataclass(frozen=True)
+class PruneLatencyConfig(Settings):
+    """`prune.latency`: where the prune stage times the model before pruning and after every step."""
+
+    runtime: str = "openvino_fp32"  # eager | onnx_fp32 | openvino_fp32 (exported by the quantize builders)
+    batch_size: int = 8
+
+    def validate(self) -> None:
+        check_choice(self.runtime, "runtime", LATENCY_RUNTIMES)
+        check(self.batch_size >= 1, "batch_size", self.batch_size, "must be an integer >= 1")

@@ -11,7 +11,10 @@ and profiled on a seeded subset of a local COCO / Pascal VOC / YOLO data set.
 - `visualize`: images with their ground-truth and predicted boxes drawn;
 - `charts`: mAP against time, and the compressed variants' Pareto plot;
 - `losses`, `train`: fine-tuning (ultralytics' trainer, or our loop with each family's loss);
-- `compress`: ONNX FP32/INT8, pruned, FP16 and FX INT8 variants of a detector;
+- `compress`: ONNX Runtime / OpenVINO FP32 and INT8, pruned (also on those runtimes), FP16 and FX INT8
+  variants of a detector;
+- `pruning`: Torch-Pruning of YOLO detectors (head kept), its fine-tuning, and the MACs-vs-milliseconds
+  summary of the pruned variants;
 - `report`: REPORT.md from the metrics files.
 
 The package builds on the core modules (io, config, runtime, plots, markdown, train, prune) and on

@@ -6,6 +6,7 @@ re-run the stages that draw these, and from the box drawings (`detection.visuali
 
 from __future__ import annotations
 
+import itertools
 from pathlib import Path
 from typing import Any
 
@@ -81,7 +82,7 @@ def plot_pareto(compress: dict[str, Any], path: str | Path) -> None:
     (variants with equal time and mAP are all on it: `plots.pareto_front(keep_ties=True)`)."""
     points = variant_points(compress)
     fig, ax = plt.subplots(figsize=(6.5, 4.5))
-    for (name, (t, m)), colour in zip(points.items(), plt.cm.tab10.colors):
+    for (name, (t, m)), colour in zip(points.items(), itertools.cycle(plt.cm.tab10.colors)):  # names tell repeats apart
         ax.plot(t, m, "o", color=colour, markersize=8)
         ax.annotate(name, (t, m), textcoords="offset points", xytext=(5, 5), fontsize=8)
     front = pareto_front(points, keep_ties=True)

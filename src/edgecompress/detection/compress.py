@@ -1,10 +1,12 @@
 """Compressed variants of a detector, each evaluated exactly like the original (`detect_eval`'s
 `inference.evaluate_detector`). Exportable families (the YOLO ones): ONNX Runtime FP32 and static
-INT8 (QDQ, calibrated on images the evaluation never sees) and FP16 on CUDA; prunable ones: structured
-pruning of the backbone with Torch-Pruning (the detection head's output convolutions are kept, so
-boxes and classes keep their layout; optionally fine-tuned); torchvision detectors: FX static INT8 of
-the backbone (the heads stay FP32). Which apply is read from the family's entry
-(`families.Family`); a variant that does not apply is recorded as skipped with the reason.
+INT8 (QDQ, calibrated on images the evaluation never sees), OpenVINO FP32 and NNCF INT8, and FP16 on
+CUDA; prunable ones: structured pruning of the backbone with Torch-Pruning (`detection.pruning`:
+the detection head's output convolutions are kept, so boxes and classes keep their layout; optionally
+fine-tuned), and the pruned network on the same ONNX Runtime / OpenVINO runtimes (`pruned_*`);
+torchvision detectors: FX static INT8 of the backbone (the heads stay FP32). Which apply is read from
+the family's entry (`families.Family`); a variant that does not apply is recorded as skipped with the
+reason.
 
 Each variant is a `models.Detector` whose `model` returns the raw head output of the original (the
 first element of the YOLO head's inference tuple), so pre-processing, NMS and post-processing are the
@@ -27,32 +29,16 @@ import torch.nn as nn
 from edgecompress import EdgecompressError, first_line
 from edgecompress.detection.data import DetectionDataset, outside
 from edgecompress.detection.inference import evaluate_detector, image_tensor, letterbox
-from edgecompress.detection.models import Detector, fuse_network, unfused_network
-from edgecompress.detection.source import load_subset
-from edgecompress.detection.train import fit_detector
-from edgecompress.io import read_image
-from edgecompress.prune import PruneConfig, prune_model
-from edgecompress.quantize.fx import quantize_static_fx
 from edgecompress.detection.gate import Gate, gated
+from edgecompress.detection.models import Detector, RawHead
+from edgecompress.detection.pruning import MAC_FIELDS, RUNTIME_PAIRS, Built, pruned_variant
+from edgecompress.io import read_image
+from edgecompress.quantize.fx import quantize_static_fx
 from edgecompress.quantize.onnx import OnnxModel, export_onnx, onnx_compute_nodes, quantize_onnx_static
 from edgecompress.quantize.openvino import (OpenVINOModel, convert_onnx_to_openvino, openvino_artifact_bytes,
                                             openvino_compute_nodes, output_tail, quantize_openvino)
 
 log = logging.getLogger(__name__)
-
-Built = tuple[Detector | None, dict[str, Any]]  # a variant and its record (None and {"skipped": why})
-
-
-class RawHead(nn.Module):
-    """The detector's raw head tensor only (YOLO heads return (predictions, features) in eval mode)."""
-
-    def __init__(self, model: nn.Module) -> None:
-        super().__init__()
-        self.model = model
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = self.model(x)
-        return out[0] if isinstance(out, (tuple, list)) else out
 
 
 class HalfHead(RawHead):
@@ -147,112 +133,6 @@ def openvino_variants(detector: Detector, out_dir: str | Path, calib: torch.Tens
     return out
 
 
-def head_output_convs(model: nn.Module) -> list[nn.Module]:
-    """The convolutions whose outputs are the detection head's predictions (kept whole by pruning)."""
-    head = list(model.modules())
-    detect_heads = [m for m in head if type(m).__name__ in ("Detect", "Segment", "Pose", "OBB", "v10Detect")]
-    if not detect_heads:
-        raise EdgecompressError("pruning: no YOLO Detect head found in the model (only YOLO families are pruned)")
-    return [m for h in detect_heads for m in h.modules() if isinstance(m, nn.Conv2d)]
-
-
-def _conv_slice(conv_block: nn.Module, start: int, stop: int) -> nn.Module:
-    """A copy of an ultralytics Conv (conv + BatchNorm + activation) keeping output channels start:stop."""
-    part = copy.deepcopy(conv_block)
-    conv, norm = part.conv, part.bn
-    conv.weight = nn.Parameter(conv.weight.detach()[start:stop].clone())
-    conv.out_channels = stop - start
-    norm.weight = nn.Parameter(norm.weight.detach()[start:stop].clone())
-    norm.bias = nn.Parameter(norm.bias.detach()[start:stop].clone())
-    norm.running_mean = norm.running_mean[start:stop].clone()
-    norm.running_var = norm.running_var[start:stop].clone()
-    norm.num_features = stop - start
-    return part
-
-
-class SplitFreeC2f(nn.Module):
-    """ultralytics' C2f (and C3k2) block with its first 1x1 convolution cut in two (`cv0`, `cv1`) instead
-    of one convolution whose output is `chunk`ed: the same function and weights, in a form Torch-Pruning
-    can prune (its dependency graph does not follow channels through a chunk of a pruned layer)."""
-
-    def __init__(self, block: nn.Module) -> None:
-        super().__init__()
-        self.c = block.c
-        self.cv0, self.cv1 = _conv_slice(block.cv1, 0, block.c), _conv_slice(block.cv1, block.c, 2 * block.c)
-        self.cv2, self.m = block.cv2, block.m
-        for attr in ("f", "i", "type", "np"):  # what ultralytics' model loop reads of each layer
-            if hasattr(block, attr):
-                setattr(self, attr, getattr(block, attr))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = [self.cv0(x), self.cv1(x)]
-        y.extend(m(y[-1]) for m in self.m)
-        return self.cv2(torch.cat(y, 1))
-
-
-def split_free_c2f(model: nn.Module) -> int:
-    """Replace every C2f / C3k2 block of an ultralytics model by `SplitFreeC2f`, in place; returns how many."""
-    try:
-        from ultralytics.nn.modules.block import C2f
-    except ImportError:
-        return 0
-    count = 0
-    for parent in list(model.modules()):
-        for name, child in list(parent.named_children()):
-            if isinstance(child, C2f) and hasattr(child.cv1, "bn"):
-                setattr(parent, name, SplitFreeC2f(child))
-                count += 1
-    return count
-
-
-# ultralytics attention blocks (yolo11's C2PSA, yolo12's A2C2f): building Torch-Pruning's dependency
-# graph of yolo11n exhausted an 8 GB memory limit after 80 s, so they are refused up front
-UNPRUNABLE_BLOCKS = ("C2PSA", "PSA", "A2C2f", "AAttn", "Attention")
-
-
-def pruned_variant(detector: Detector, ratio: float, example: torch.Tensor,
-                   finetune: Callable[[Detector], dict[str, Any]] | None = None) -> Built:
-    """Backbone/neck channels removed with Torch-Pruning (L1 magnitude, per layer); every convolution
-    of the detection head is ignored, so its outputs keep their layout.
-
-    `finetune(pruned detector)` (e.g. `pruned_finetune`'s fit on the training split) runs on the
-    pruned network while it still has its BatchNorm layers; what it returns is recorded under
-    "finetune". Without it the accuracy pruning alone costs is the number reported.
-
-    ultralytics C2f / C3k2 blocks are first rewritten split-free (`SplitFreeC2f`, same function). An
-    architecture Torch-Pruning cannot handle (attention blocks, `UNPRUNABLE_BLOCKS`, refused up front;
-    any other failure of its graph) is returned as skipped with the reason.
-    """
-    blocks = sorted({type(m).__name__ for m in detector.model.modules()} & set(UNPRUNABLE_BLOCKS))
-    if blocks:
-        return None, {"skipped": f"Torch-Pruning is not run on {detector.arch}: its attention blocks "
-                                 f"({', '.join(blocks)}) are not supported (the dependency graph of yolo11n "
-                                 "exhausted 8 GB of memory)"}
-    # Fused families (YOLOv5) are pruned unfused so the BatchNorm layers go with their channels
-    # (measured on yolov5n: 5% of channels cost 0.72 -> 0.11 mAP@.5 unfused, -> 0.0002 fused)
-    fused = detector.facts.fused
-    model = unfused_network(detector)
-    rewritten = 0 if fused else split_free_c2f(model)
-    try:
-        report = prune_model(RawHead(model), example[:1].cpu(), PruneConfig(ratio=ratio, importance="l1"),
-                             ignored_layers=head_output_convs(model))
-    except EdgecompressError:
-        raise
-    except Exception as exc:  # noqa: BLE001 - torch-pruning raises many types on unsupported graphs
-        return None, {"skipped": f"Torch-Pruning could not prune {detector.arch} "
-                                 f"({type(exc).__name__}: {first_line(exc, 160)})"}
-    variant = replace(detector, model=model.to(detector.device).eval())
-    tuned = finetune(variant) if finetune is not None else None
-    if fused:
-        variant = replace(variant, model=fuse_network(variant.model))
-    how = f"fine-tuned {tuned['epochs']} epochs on {tuned['images']} images" if tuned else "no fine-tuning"
-    how += f"; {rewritten} C2f blocks made split-free first" if rewritten else ""
-    return variant, {"method": f"Torch-Pruning L1, ratio {ratio} per layer, head kept, {how}",
-                     **{k: report[k] for k in ("params_before", "params_after", "macs_before", "macs_after",
-                                               "mac_ratio_removed", "param_ratio_removed")},
-                     "finetune": tuned}
-
-
 def backbone_inputs(detector: Detector, paths: Sequence[Path]) -> list[torch.Tensor]:
     """What a torchvision detector's backbone receives for each image (resized, normalised, padded
     by the model's own transform), captured with a forward pre-hook while the whole model runs."""
@@ -320,43 +200,55 @@ def fp16_variant(detector: Detector) -> Built:
             {"method": "FP16 weights and activations (CUDA)"})
 
 
+# the pruned network on the runtimes: pruned_onnx_fp32 -> onnx_fp32, ... (eager "pruned" is built by pruning)
+PRUNED_RUNTIMES = {pruned: original for original, pruned in RUNTIME_PAIRS if original != "fp32"}
+
+
+def pruned_runtime_variants(pruned: Built, wanted: Sequence[str], out_dir: str | Path, calib: torch.Tensor, *,
+                            threads: int) -> dict[str, Built]:
+    """The `pruned_*` variants of `wanted`: the pruned detector through `onnx_variants` /
+    `openvino_variants` (artifacts under `out_dir`, e.g. <models>/pruned/; no quality gate: the pruned
+    network is judged by its own accuracy), keys renamed ("pruned_onnx_fp32"...), each record naming
+    the pruning and carrying its ratio and MAC counts. Skipped with the pruned variant's reason when
+    pruning was."""
+    names = [name for name in PRUNED_RUNTIMES if name in wanted]
+    detector, record = pruned
+    if not names:
+        return {}
+    if detector is None:
+        return {name: (None, {"skipped": record["skipped"]}) for name in names}
+    runtimes = {PRUNED_RUNTIMES[name] for name in names}
+    Path(out_dir).mkdir(parents=True, exist_ok=True)
+    built: dict[str, Built] = {}
+    if "onnx_fp32" in runtimes:
+        built.update(onnx_variants(detector, out_dir, calib, threads=threads, int8=False))
+    if {"openvino_fp32", "openvino_int8"} & runtimes:
+        built.update(openvino_variants(detector, out_dir, calib, threads=threads, int8="openvino_int8" in runtimes))
+    pruning = {key: record[key] for key in ("ratio", "round_to", *MAC_FIELDS)}
+    return {f"pruned_{name}": (variant, {**info, "method": f"pruned model, then {info['method']}", **pruning})
+            for name, (variant, info) in built.items()}
+
+
 # ----------------------------------------------------------------------------------------------
 # detect_compress: every variant asked for, built and evaluated
-def pruned_finetune(train_dir: str | Path, *, epochs: int, settings: dict[str, Any], seed: int,
-                    evaluate: Callable[[Detector], dict[str, Any]]) -> Callable[[Detector], dict[str, Any]] | None:
-    """The pruned network's fine-tuning for `pruned_variant`: `epochs` with detection.train's optimizer
-    settings (`settings`, `train.loop_settings`) on the training split in `train_dir`, its subset mAP
-    (`evaluate`) recorded before and after each epoch; None for 0 epochs or an empty split."""
-    if epochs == 0:
-        return None
-    train = load_subset(train_dir)
-    if not train.images:
-        log.warning("pruned variant not fine-tuned: the training split is empty (every source image is evaluated)")
-        return None
-    # BatchNorm statistics are re-estimated: pruning changed every activation they describe
-    hyper = {**settings, "epochs": epochs, "freeze_batchnorm": False}
-
-    def finetune(pruned: Detector) -> dict[str, Any]:
-        before = evaluate(pruned)  # what pruning alone left
-        result = fit_detector(pruned, train, seed=seed, desc="pruned", evaluate=evaluate, **hyper)
-        return {**result, "before": {"map": before["map"], "map_50": before["map_50"]}}
-    return finetune
-
-
 def build_variants(detector: Detector, wanted: Sequence[str], *, calibration: Sequence[Path], out_dir: str | Path,
                    threads: int, prune_ratio: float, finetune: Callable[[Detector], dict[str, Any]] | None = None,
-                   gate: Gate | None = None) -> dict[str, Built]:
+                   gate: Gate | None = None, prune_round_to: int | None = None) -> dict[str, Built]:
     """Every variant of `wanted` that applies to the detector's family, built ("fp32": the detector
     itself); the others as skipped with the reason. ONNX artifacts are written under `out_dir` (which
-    exists afterwards either way: it is the stage's output).
+    exists afterwards either way: it is the stage's output), the pruned network's under `out_dir`/pruned.
 
     Args:
         calibration: images outside the evaluation subset (`calibration_paths`): INT8 calibration,
             ONNX tracing and the pruning graph's trace.
+        finetune: the pruned network's fine-tuning (`pruning.pruned_finetune`), None = none.
+        gate: the INT8 quality gate of onnx_int8 / openvino_int8 (not of pruned_openvino_int8).
+        prune_round_to: Torch-Pruning's round_to (`pruning.pruned_variant`).
     """
     facts, wanted = detector.facts, set(wanted)
     applies = {"onnx_fp32": facts.exportable, "onnx_int8": facts.exportable, "openvino_fp32": facts.exportable,
-               "openvino_int8": facts.exportable, "pruned": facts.prunable}
+               "openvino_int8": facts.exportable, "pruned": facts.prunable,
+               **{name: facts.prunable and facts.exportable for name in PRUNED_RUNTIMES}}
     traced = {name for name, ok in applies.items() if ok} & wanted
     calib = calibration_batch(calibration, detector.imgsz) if traced else None
     Path(out_dir).mkdir(parents=True, exist_ok=True)
@@ -369,8 +261,11 @@ def build_variants(detector: Detector, wanted: Sequence[str], *, calibration: Se
     if {"openvino_fp32", "openvino_int8"} & traced:
         built.update(openvino_variants(detector, out_dir, calib, threads=threads, int8="openvino_int8" in wanted,
                                        gate=gate))
-    if "pruned" in traced:
-        built["pruned"] = pruned_variant(detector, prune_ratio, calib.to(detector.device), finetune=finetune)
+    if {"pruned", *PRUNED_RUNTIMES} & traced:  # the pruned_* runtimes start from the pruned network
+        built["pruned"] = pruned_variant(detector, prune_ratio, calib.to(detector.device), finetune=finetune,
+                                         round_to=prune_round_to)
+        built.update(pruned_runtime_variants(built["pruned"], sorted(traced), Path(out_dir) / "pruned", calib,
+                                             threads=threads))
     if "fp16" in wanted:
         built["fp16"] = fp16_variant(detector)
     if "fx_int8" in wanted:

@@ -1,5 +1,6 @@
 """Object detectors of the detection pipeline, from local files only: the one explicit import of
-original YOLOv5 checkpoints, `Detector`, and one loader per detector family.
+original YOLOv5 checkpoints, `Detector` (and `RawHead`, the raw head output its compressed variants
+export and prune), and one loader per detector family.
 
 Families (their facts are data in `detection.families`; each has a loader here, `@loader(<family>)`):
 - `yolov5`: original YOLOv5 checkpoints (the reference study's models). They are pickled model objects
@@ -154,6 +155,19 @@ def fuse_network(model: nn.Module) -> nn.Module:
     # no_grad: fusing a trained model must not tie the fused weights to an autograd graph
     with contextlib.redirect_stdout(io.StringIO()), torch.no_grad():
         return model.fuse().eval()
+
+
+class RawHead(nn.Module):
+    """The detector's raw head tensor only (YOLO heads return (predictions, features) in eval mode):
+    what ONNX export, pruning's trace and the compressed variants' model block see."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.model(x)
+        return out[0] if isinstance(out, (tuple, list)) else out
 
 
 # ----------------------------------------------------------------------------------------------

@@ -16,7 +16,8 @@ from edgecompress.detection.families import FAMILIES
 
 FORMATS = ("coco", "voc", "yolo")  # source data set formats
 OPTIMIZERS = ("sgd", "adamw")  # detect_train / pruned fine-tuning
-VARIANTS = ("fp32", "onnx_fp32", "onnx_int8", "openvino_fp32", "openvino_int8", "pruned", "fp16", "fx_int8")  # detect_compress
+VARIANTS = ("fp32", "onnx_fp32", "onnx_int8", "openvino_fp32", "openvino_int8", "pruned", "pruned_onnx_fp32",
+            "pruned_openvino_fp32", "pruned_openvino_int8", "fp16", "fx_int8")  # detect_compress
 
 
 @dataclass(frozen=True)
@@ -113,11 +114,15 @@ class DetectionCompressParams(Settings):
     """detect_compress: compressed variants of one detector, evaluated like detect_eval."""
 
     model: str = "yolov5n"  # a key of detection.models
-    variants: tuple[str, ...] = VARIANTS[:7]  # fx_int8: torchvision backbones
+    variants: tuple[str, ...] = VARIANTS[:-1]  # fx_int8: torchvision backbones
     batch_size: int = 1
     calibration_images: int = 16  # INT8 calibration, drawn from source images outside the subset
     prune_ratio: float = 0.05  # channels removed per backbone/neck layer
+    # Torch-Pruning's round_to: each pruned layer keeps a multiple of this many channels (the kept count is
+    # rounded down; a layer that would be emptied stays unpruned); null = exactly int(n * (1 - prune_ratio))
+    prune_round_to: int | None = None
     finetune_epochs: int = 3  # of the pruned model on the training split, with detection.train's settings; 0 = none
+    finetune_lr: float | None = None  # learning rate of the pruned network's fine-tuning; null = detection.train.lr
     max_map_drop: float | None = None  # INT8 quality gate: mAP@.5 points vs FP32 on gate_images; null = off
     max_float_layers: int = 4  # at most this many convolutions kept float by the gate's fallback
     gate_images: int = 16  # training-split images the gate judges on (never the evaluated subset)
@@ -127,6 +132,10 @@ class DetectionCompressParams(Settings):
         check(self.batch_size >= 1, "batch_size", self.batch_size, "must be an integer >= 1")
         check(self.calibration_images >= 1, "calibration_images", self.calibration_images, "must be an integer >= 1")
         check(0 < self.prune_ratio < 1, "prune_ratio", self.prune_ratio, "must be a number in (0, 1)")
+        check(self.prune_round_to is None or self.prune_round_to >= 1, "prune_round_to", self.prune_round_to,
+              "must be null or an integer >= 1")
+        check(self.finetune_lr is None or self.finetune_lr > 0, "finetune_lr", self.finetune_lr,
+              "must be null or a number > 0")
         check(self.finetune_epochs >= 0, "finetune_epochs", self.finetune_epochs, "must be an integer >= 0")
         check_budget(self.max_map_drop, "max_map_drop")
         check(self.max_float_layers >= 0, "max_float_layers", self.max_float_layers, "must be an integer >= 0")

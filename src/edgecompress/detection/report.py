@@ -8,13 +8,14 @@ from typing import Any
 
 from edgecompress.detection.charts import PARETO_FILE, PLOT_FILES, model_label, variant_points
 from edgecompress.io import read_json, write_text
-from edgecompress.markdown import markdown_table
+from edgecompress.markdown import markdown_table, percent, times
 from edgecompress.plots import pareto_front
 
 # Published COCO val2017 figures at 640 px (ultralytics/yolov5 v6.1+ README): (mAP@.5:.95, mAP@.5)
 PUBLISHED = {"yolov5n": (28.0, 45.7), "yolov5s": (37.4, 56.8), "yolov5m": (45.4, 64.1), "yolov5l": (49.0, 67.3),
              "yolov5x": (50.7, 68.9)}
 MAP50_BAND = 0.35  # a real yolov5n scores at least this on COCO images (issue #7's plausibility band)
+PRUNED_FP32_SPEEDUP = 1.2  # issue #17: pruned network's fastest FP32 runtime vs the original's, at the default ratio
 
 
 def _compress_section(compress: dict[str, Any], plots_dir: Path, report_dir: Path) -> list[str]:
@@ -45,9 +46,11 @@ def _compress_section(compress: dict[str, Any], plots_dir: Path, report_dir: Pat
         curve = ", ".join(f"{_fmt(row.get('val/map_50'))}" for row in tuned["history"])
         before = tuned.get("before", {}).get("map_50")
         out += ["", f"The pruned network was fine-tuned {tuned['epochs']} epochs on {tuned['images']} training images "
-                f"({tuned['seconds']:.0f} s); evaluation-subset mAP@.5 "
+                + (f"at lr {tuned['lr']:g} " if tuned.get("lr") else "")
+                + f"({tuned['seconds']:.0f} s); evaluation-subset mAP@.5 "
                 + (f"{_fmt(before)} before fine-tuning, " if before is not None else "")
                 + f"after each epoch: {curve}."]
+    out += pruning_lines(compress.get("pruning"))
     gates = {n: v["gate"] for n, v in compress["variants"].items() if v.get("gate")}
     out += [""] + [f"Quality gate of `{n}` ({g['judged_on']}, budget {g['budget_points']} points): drop "
                    f"{g['drop_points']:.1f}, {'met' if g['met'] else 'missed'}"
@@ -55,6 +58,37 @@ def _compress_section(compress: dict[str, Any], plots_dir: Path, report_dir: Pat
                       f"all-INT8 drop {g['all_int8']['drop_points']:.1f})" if g["float_layers"] else "") + "."
                    for n, g in gates.items()] if gates else []
     return out + [""]
+
+
+def pruning_lines(summary: dict[str, Any] | None) -> list[str]:
+    """detect_compress's "pruning" block (`pruning.pruning_summary`): MACs removed against the milliseconds
+    each runtime saved, and issue #17's targets, met or not, with their numbers."""
+    if not summary:
+        return []
+    rounding = f", round_to {summary['round_to']}" if summary.get("round_to") else ""
+    out = ["", f"Pruning (ratio {summary['ratio']} per layer{rounding}): {percent(summary['mac_reduction'], 1, '%')} "
+           f"of the MACs removed ({summary['macs_before'] / 1e9:.2f} -> {summary['macs_after'] / 1e9:.2f} GMACs). "
+           "Model-block ms/image of each runtime without and with pruning; the realised fraction is the latency "
+           "reduction over the MAC reduction (1: every removed MAC became time).", ""]
+    runtimes = summary["runtimes"]
+    out += markdown_table(["Runtime", "Original ms", "Pruned ms", "Speedup", "Realised fraction"], [
+        [f"`{name}` / `{r['pruned_variant']}`", f"{r['original_ms']:.1f}", f"{r['pruned_ms']:.1f}", times(r["speedup"]),
+         None if r["realised_fraction"] is None else f"{r['realised_fraction']:.2f}"] for name, r in runtimes.items()])
+    targets = []
+    if runtimes:
+        slowest, row = min(runtimes.items(), key=lambda item: item[1]["speedup"])
+        targets.append(["Pruned never slower than the original on any runtime",
+                        f"{'met' if summary['never_slower'] else 'NOT met'} (lowest speedup: `{slowest}` "
+                        f"{times(row['speedup'])})"])
+    best = summary.get("best_fp32")
+    if best:
+        targets.append([f"Pruned ≥ {times(PRUNED_FP32_SPEEDUP, 1)} faster than the original's best FP32 runtime "
+                        f"at the default ratio (here {summary['ratio']})",
+                        f"{'met' if best['speedup'] >= PRUNED_FP32_SPEEDUP else 'NOT met'} (`{best['original']}` "
+                        f"{best['original_ms']:.1f} ms -> `{best['pruned']}` {best['pruned_ms']:.1f} ms, "
+                        f"{times(best['speedup'])})"])
+    out += markdown_table(["Target", "Status"], targets) if targets else []
+    return out + ["mAP@.5 after pruning has no target: recovering it needs more training than this CPU allows."]
 
 
 def _train_section(train: dict[str, Any]) -> list[str]:

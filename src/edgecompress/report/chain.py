@@ -18,6 +18,7 @@ from edgecompress.report.chain_metrics import (batch_keys, latency, load_metrics
                                                gate_note, performance_goals, ratio, same_runtime_speedups,
                                                speedups)
 from edgecompress.report.chain_plots import PLOT_FILES
+from edgecompress.report.chain_pruning import pruning_lines
 
 SECTIONS = ("Summary", "Results", "Knowledge distillation", "Pruning", "Quantization", "Speedups", "Goals",
             "Parameters used", "Environment and roofline", "Plots", "Notes")
@@ -64,6 +65,14 @@ def _layer_counts(counts: Mapping[str, int]) -> str:
 
 def _settings(settings: Mapping[str, Any]) -> str:
     return "; ".join(f"{k}: {cell(v)}" for k, v in settings.items() if k != "note") or "—"
+
+
+def _pruned_channels(prune: dict) -> str:
+    """'0.2 of the channels per group', with the per-layer overrides when there are any."""
+    ratios = ", ".join(f"{v} in {k}" for k, v in (prune.get("ratios") or {}).items())
+    if ratios and not prune.get("ratio"):
+        return f"channels ({ratios})"
+    return f"{prune.get('ratio')} of the channels per group" + (f" ({ratios})" if ratios else "")
 
 
 def _dataset(params: Mapping[str, Any], bench: dict) -> str:
@@ -155,8 +164,8 @@ def _summary(r: _Report) -> list[str]:
     t_size = (measured_entry(bench, "teacher") or {}).get("size_mb", teacher.get("size_mb"))
     summary = (f"Data set: {_dataset(r.params, bench)}. The teacher ({_arch(teacher)}, {teacher['params']:,} "
                f"parameters) reaches {percent(teacher['accuracy'])}% test accuracy. The compressed chain distils it "
-               f"into a {_arch(distill)} student ({percent(distill['accuracy'])}%), prunes {prune.get('ratio')} of "
-               f"the channels per group by {prune.get('importance')} importance "
+               f"into a {_arch(distill)} student ({percent(distill['accuracy'])}%), prunes "
+               f"{_pruned_channels(prune)} by {prune.get('importance')} importance "
                f"({prune['params_before']:,} → {prune['params_after']:,} parameters, "
                f"{percent(prune['accuracy'])}% after fine-tuning)")
     if final:
@@ -228,23 +237,7 @@ def _distillation(r: _Report) -> list[str]:
 
 
 def _pruning(r: _Report) -> list[str]:
-    prune = r.metrics["prune"]
-    out = [f"Structured channel pruning (channels physically removed) of the distilled student: ratio "
-           f"{prune.get('ratio')} per group, {prune.get('importance')} importance, global ranking "
-           f"{cell(prune.get('global'))}, {prune.get('iterative_steps')} step(s); fine-tuned "
-           f"{prune.get('epochs')} epochs{' with the distillation loss' if prune.get('finetune_kd') else ''}.", ""]
-    rows = []
-    for label, key, removed_key in (("channels", "channels", "channel_ratio_removed"),
-                                    ("parameters", "params", "param_ratio_removed"),
-                                    ("MACs", "macs", "mac_ratio_removed")):
-        removed = prune.get(removed_key)
-        rows.append([label, thousands(prune.get(f"{key}_before")), thousands(prune.get(f"{key}_after")),
-                     None if removed is None else f"{100 * removed:.1f}%"])
-    out += markdown_table(["", "Before", "After", "Removed"], rows)
-    return out + markdown_table(["Accuracy (%)", "Value"], [
-        ["distilled student (unpruned)", percent(prune.get("accuracy_unpruned"))],
-        ["right after pruning (no fine-tuning)", percent(prune.get("accuracy_after_pruning"))],
-        ["after fine-tuning", percent(prune["accuracy"])]])
+    return pruning_lines(r.metrics["prune"], r.bench, r.b1, r.notes)
 
 
 def _quantization(r: _Report) -> list[str]:
@@ -347,7 +340,8 @@ def _params_used(r: _Report) -> list[str]:
     distill, prune = r.metrics["distill"], r.metrics["prune"]
     qcfg = r.metrics["quantize"].get("config", {})
     used = [("distill", "alpha", distill.get("alpha")), ("distill", "temperature", distill.get("temperature")),
-            ("prune", "ratio", prune.get("ratio")), ("prune", "importance", prune.get("importance")),
+            ("prune", "ratio", prune.get("ratio")), ("prune", "ratios", prune.get("ratios")),
+            ("prune", "round_to", prune.get("round_to")), ("prune", "importance", prune.get("importance")),
             ("prune", "global", prune.get("global")), ("prune", "iterative_steps", prune.get("iterative_steps")),
             ("prune", "finetune_kd", prune.get("finetune_kd")),
             ("quantize", "backends", qcfg.get("backends")),

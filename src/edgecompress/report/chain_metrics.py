@@ -160,6 +160,8 @@ def performance_goals(bench: dict) -> dict:
     def field(entry: dict | None, key: str) -> float | None:
         return None if entry is None or entry.get(key) is None else float(entry[key])
 
+    realised = ((bench.get("pruning") or {}).get("pairs") or {}).get("best_fp32") or {}
+    realised_b8 = (realised.get("latency_ms") or {}).get(b, {}).get("realised")
     acc_loss = None
     if field(teacher, "accuracy") is not None and field(final, "accuracy") is not None:
         acc_loss = 100 * (field(teacher, "accuracy") - field(final, "accuracy"))
@@ -179,4 +181,8 @@ def performance_goals(bench: dict) -> dict:
             best, "teacher", at_least=10.0),
         "final_accuracy_loss_points": _goal(
             acc_loss, "<= 1.5 points of accuracy lost vs the teacher", best, "teacher", at_most=1.5),
+        "pruning_realised_fraction": _goal(
+            realised_b8, ">= 0.7 of pruning's MAC reduction realised as latency reduction on the best FP32 "
+            f"runtime ({realised.get('variant') or 'none measured'}, batch 8)", realised.get("variant"),
+            realised.get("unpruned"), at_least=0.7),
     }
