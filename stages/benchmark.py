@@ -7,7 +7,7 @@ can say how much of pruning's MAC reduction became time on each."""
 import tempfile
 from pathlib import Path
 
-from edgecompress.bench.chain import benchmark_variant, benchmark_variant_isolated, chain_variants, run_benchmark
+from edgecompress.bench.chain import chain_variants, measure_watched, run_benchmark
 from edgecompress.bench.pruning import best_runtimes, headline_batch, pruning_effect, reference_specs
 from edgecompress.data import make_loader
 from edgecompress.io import read_json, write_json, write_text
@@ -51,11 +51,11 @@ def measure_pruning(variants: dict, params: Params, prepared_dir: str, student_p
                          seed=params.quantize.seed)
     calib = calibration_tensors(loader, quantize.calibration_samples)
     student, _ = load_checkpoint(student_path)
-    measure = benchmark_variant_isolated if config.isolate else benchmark_variant
     with tempfile.TemporaryDirectory() as tmp:
         specs = reference_specs(best, student_path=student_path, folder=tmp, build=lambda name, folder: build_variant(
             name, student.eval(), calib=calib, config=quantize, out_dir=folder).path)
-        references = {role: measure(spec, prepared_dir=prepared_dir, config=config) for role, spec in specs.items()}
+        references = {role: measure_watched(spec, prepared_dir=prepared_dir, config=config)
+                      for role, spec in specs.items()}
     for role, result in references.items():
         log.info("unpruned %s (%s): %s ms/sample", role, specs[role].name, result["latency_ms"])
     return {**pruning_effect(variants, references, best, config.batch_sizes),

@@ -14,7 +14,7 @@ import torch.nn as nn
 from edgecompress import EdgecompressError
 from edgecompress.params import parse_params
 from edgecompress.bench.chain import (CompileUnavailable, VariantSpec, benchmark_variant, benchmark_variant_isolated,
-                                      chain_variants, run_benchmark)
+                                      chain_variants, load_predict, run_benchmark)
 from edgecompress.bench.config import BenchConfig
 from edgecompress.bench.environment import achieved_fraction, environment_fingerprint, gemm_roofline
 from edgecompress.bench.profile import profile_ops
@@ -229,6 +229,15 @@ def test_benchmark_variant_torchscript_and_onnx(tiny_variant: tuple[Path, Path, 
     assert ts["accuracy"] == ort["accuracy"]  # same FP32 weights on 30 images: identical predictions
     assert ort["profile"]["source"] == "onnxruntime profiler" and ort["profile"]["top_ops"]
     assert isinstance(json.loads(Path(ort["profile"]["trace"]).read_text()), list)
+    # an artifact whose bytes changed after the producing stage recorded its sha256 is refused
+    from edgecompress.quantize.artifacts import artifact_sha256
+    recorded = artifact_sha256(tmp_path / "fp32.onnx")
+    assert load_predict(VariantSpec("onnx", str(tmp_path / "fp32.onnx"), "onnx", "quantize", recorded), threads=1)
+    raw = bytearray((tmp_path / "fp32.onnx").read_bytes())
+    raw[-100] ^= 0xFF
+    (tmp_path / "fp32.onnx").write_bytes(bytes(raw))
+    with pytest.raises(EdgecompressError, match="fp32.onnx: content differs from the sha256 stage quantize recorded"):
+        load_predict(VariantSpec("onnx", str(tmp_path / "fp32.onnx"), "onnx", "quantize", recorded), threads=1)
 
 
 def test_benchmark_variant_openvino(tiny_variant: tuple[Path, Path, nn.Module], tmp_path: Path) -> None:
@@ -369,3 +378,54 @@ def test_plot_steps_writes_png_with_or_without_latency(tmp_path: Path) -> None:
     plot_steps(records, tmp_path / "steps.png", title="t")
     plot_steps([{"step": 0, "macs": 100}, {"step": 1, "macs": 60}], tmp_path / "bare.png", title="t")  # torchrun: no probes
     assert (tmp_path / "steps.png").read_bytes()[:4] == b"\x89PNG" and (tmp_path / "bare.png").stat().st_size > 0
+
+
+# ----------------------------------------------------------------------------------------------
+# Contention (bench.contention)
+class FakeMachine:
+    """/proc/stat and rusage as a script: each variant's measurement may run beside another tenant."""
+
+    def __init__(self, busy_others: list[float]) -> None:
+        self.busy_others, self.t, self.busy, self.own = list(busy_others), 0.0, 0.0, 0.0
+
+    def run(self, seconds: float = 2.0) -> None:  # one measurement: our core busy, others as scripted
+        other = self.busy_others.pop(0) if self.busy_others else 0.0
+        self.t += seconds
+        self.own += seconds
+        self.busy += seconds * (1 + other)
+
+    def sources(self):
+        from edgecompress.bench.contention import LoadSources
+        return LoadSources(cpu_ticks=lambda: (self.busy, 0.0, 2 * self.t), own_cpu=lambda: self.own,
+                           load_average=lambda: 1.0, clock=lambda: self.t)
+
+
+def test_load_monitor_flags_other_processes_cpu() -> None:
+    from edgecompress.bench.contention import LoadMonitor
+    machine = FakeMachine([0.0, 0.9])
+    monitor = LoadMonitor(0.25, machine.sources())
+    monitor.start(); machine.run(); quiet = monitor.stop()
+    monitor.start(); machine.run(); busy = monitor.stop()
+    assert quiet["contended"] is False and quiet["other_cpu_cores"] == 0.0
+    assert busy["contended"] is True and busy["other_cpu_cores"] == pytest.approx(0.9)
+
+
+def test_contended_measurement_is_retried_then_flagged(monkeypatch: pytest.MonkeyPatch) -> None:
+    from edgecompress.bench import chain, contention
+    machine = FakeMachine([0.8, 0.0, 0.8, 0.8, 0.8])  # 1st variant: busy then quiet; 2nd: busy every time
+    calls = []
+
+    def fake_measure(spec, **_):
+        calls.append(spec.name)
+        machine.run()
+        return {"name": spec.name, "latency_ms": {}}
+    monkeypatch.setattr(chain, "benchmark_variant", fake_measure)
+    monkeypatch.setattr(contention.time, "sleep", lambda s: None)  # wait_for_quiet: no real waiting in a test
+    config = BenchConfig(isolate=False, max_load=0.25, retries=1, wait_s=0)
+    first = chain.measure_watched(VariantSpec("a", "a.pt", "checkpoint", "x"), prepared_dir=".", config=config,
+                                  sources=machine.sources())
+    second = chain.measure_watched(VariantSpec("b", "b.pt", "checkpoint", "x"), prepared_dir=".", config=config,
+                                   sources=machine.sources())
+    assert calls == ["a", "a", "b", "b"]
+    assert first["load"]["contended"] is False and first["load"]["attempts"] == 2
+    assert second["load"]["contended"] is True and second["load"]["attempts"] == 2

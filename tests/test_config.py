@@ -80,3 +80,14 @@ def test_load_settings_names_the_file(tmp_path):
         load_settings(path, Outer)
     path.write_text("")
     assert load_settings(path, Outer) == Outer()
+
+
+@pytest.mark.parametrize("key, block", [("lr", "train"), ("temperature", "distill")])
+@pytest.mark.parametrize("value", [float("inf"), float("-inf"), float("nan")])
+def test_non_finite_floats_are_refused_up_front(key, block, value):
+    """`.inf` passed `lr > 0` and failed epochs later as "loss became nan ... lower train.lr" (issue 16)."""
+    from edgecompress.params import parse_params
+    with pytest.raises(EdgecompressError) as exc:
+        parse_params({block: {key: value}})
+    assert f"{block}.{key}=" in str(exc.value) and "must be a finite number" in str(exc.value)
+    assert "\n" not in str(exc.value)

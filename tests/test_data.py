@@ -217,7 +217,8 @@ def test_imagefolder_errors(tmp_path: Path) -> None:
     with pytest.raises(EdgecompressError, match=r"dog: class folder holds no images"):
         _prepare(tmp_path / "o", name="imagefolder", root=str(tmp_path / "tree"))
     (tmp_path / "tree" / "dog" / "broken.png").write_bytes(b"not an image")
-    with pytest.raises(EdgecompressError, match=r"broken\.png: cannot read image"):
+    with pytest.raises(EdgecompressError,
+                       match=r"1 unreadable image\(s\): dog/broken\.png \(cannot identify image file\)"):
         _prepare(tmp_path / "o", name="imagefolder", root=str(tmp_path / "tree"))
     (tmp_path / "tree" / "dog" / "broken.png").unlink()
     Image.new("RGB", (8, 8)).save(tmp_path / "tree" / "dog" / "a.png")

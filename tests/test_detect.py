@@ -1,5 +1,6 @@
-"""Tests of the detectors module: letterbox geometry, YOLO head decoding, the explicit YOLOv5 import,
-local-only loading with clear errors, and inference through every family (random weights, tiny inputs)."""
+"""Tests of the detectors module: letterbox geometry, YOLO head decoding, the explicit import of YOLOv5
+and ultralytics checkpoints (the one unpickling step), local-only loading with clear errors, and
+inference through every family (random weights, tiny inputs)."""
 
 from __future__ import annotations
 
@@ -13,7 +14,8 @@ from edgecompress import EdgecompressError
 from edgecompress.bench.timing import BlockTimer
 from edgecompress.detection.inference import (Letterbox, decode_yolo, letterbox, model_to_dataset_classes,
                                               predict_batch, run_detector, unletterbox)
-from edgecompress.detection.models import import_yolov5, load_detector
+from edgecompress.detection.models import IMPORTS, import_ultralytics, import_yolov5, load_detector
+from edgecompress.detection.families import FAMILIES
 from edgecompress.detection.params import DetectorParams
 
 COCO_FIRST = ["person", "bicycle", "car"]
@@ -78,12 +80,82 @@ def test_import_yolov5_writes_a_safe_file_that_rebuilds_the_same_network(tmp_pat
     assert detector.weights == str(tmp_path / "tiny_v5.safe.pt") and not detector.random_weights
 
 
+def write_ultralytics_checkpoint(path: Path) -> Path:
+    """ultralytics weights as its releases ship them (a pickled half-precision model object), tiny yolov8n, random."""
+    from ultralytics.nn.tasks import DetectionModel
+
+    torch.manual_seed(0)
+    model = DetectionModel("yolov8n.yaml", nc=len(COCO_FIRST), verbose=False)
+    model.names = dict(enumerate(COCO_FIRST))
+    torch.save({"model": model.half(), "ema": None, "train_args": {}}, path)
+    return path
+
+
+def forbid_full_unpickling(monkeypatch: pytest.MonkeyPatch) -> None:
+    """From now on, any torch.load with weights_only=False (what `YOLO(<.pt>)` does) fails the test."""
+    load = torch.load
+
+    def safe_load(*args, **kwargs):
+        assert kwargs.get("weights_only", True), f"full unpickling of {args[:1]} outside detect_import"
+        return load(*args, **kwargs)
+
+    monkeypatch.setattr(torch, "load", safe_load)
+
+
+def test_import_ultralytics_writes_a_safe_file_that_rebuilds_the_same_network(tmp_path: Path,
+                                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    from ultralytics import YOLO
+
+    source = write_ultralytics_checkpoint(tmp_path / "tiny_v8.pt")
+    x = torch.rand(2, 3, 64, 64)
+    with torch.no_grad():
+        expected = YOLO(str(source)).model.float().eval()(x)[0]  # ultralytics' own loader, for reference
+    info = import_ultralytics(source, tmp_path / "tiny_v8.safe.pt")
+    assert info["family"] == "ultralytics" and info["classes"] == 3 and info["stride"] == [8.0, 16.0, 32.0]
+    payload = torch.load(tmp_path / "tiny_v8.safe.pt", weights_only=True)  # no code is unpickled
+    assert payload["classes"] == COCO_FIRST and payload["yaml"]["yaml_file"] == "yolov8n.yaml"
+    forbid_full_unpickling(monkeypatch)  # from here on, nothing is unpickled
+    spec = DetectorParams(family="ultralytics", weights=str(tmp_path / "tiny_v8.safe.pt"))
+    detector = load_detector("v8", spec, dataset_classes=["car", "person"], imgsz=64)
+    assert detector.classes == COCO_FIRST and detector.model.names == dict(enumerate(COCO_FIRST))
+    with torch.no_grad():
+        assert torch.equal(detector.model(x)[0], expected)  # the same network, bit for bit
+
+
+def test_yolo_pickles_given_as_weights_are_refused_in_one_line_naming_detect_import(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    v8 = write_ultralytics_checkpoint(tmp_path / "yolov8n.pt")
+    v5 = write_yolov5_checkpoint(tmp_path / "yolov5n.pt")
+    import_yolov5(v5, tmp_path / "v5.safe.pt")
+    forbid_full_unpickling(monkeypatch)  # before: ultralytics' YOLO(path) unpickled the file here
+    for family, path in (("ultralytics", v8), ("yolov5", v5)):
+        with pytest.raises(EdgecompressError) as err:
+            load_detector("m", DetectorParams(family=family, weights=str(path)), dataset_classes=COCO_FIRST)
+        assert str(err.value) == (f"{path}: a full pickle (it can run code when loaded); only the detect_import stage "
+                                  f"reads those: set detection.import.source to this file with detection.import.family: "
+                                  f"{family}, and weights to its out file")
+    # each family's safe file is its own format
+    with pytest.raises(EdgecompressError, match=r"v5.safe.pt: not a file written by detect_import \(format "
+                                                r"edgecompress-ultralytics-v1\)"):
+        load_detector("m", DetectorParams(family="ultralytics", weights=str(tmp_path / "v5.safe.pt")),
+                      dataset_classes=COCO_FIRST)
+
+
+def test_detect_import_reads_exactly_the_imported_families() -> None:
+    assert set(IMPORTS) == {name for name, facts in FAMILIES.items() if facts.imported} == {"yolov5", "ultralytics"}
+
+
 def test_import_and_load_errors_are_one_line(tmp_path: Path) -> None:
     with pytest.raises(EdgecompressError, match=r"detection.import.source='.*nope.pt' not found: expected an orig"):
         import_yolov5(tmp_path / "nope.pt", tmp_path / "out.pt")
     torch.save({"weights": torch.zeros(2)}, tmp_path / "plain.pt")
     with pytest.raises(EdgecompressError, match="not a YOLOv5 detection checkpoint"):
         import_yolov5(tmp_path / "plain.pt", tmp_path / "out.pt")
+    with pytest.raises(EdgecompressError, match="plain.pt: not a ultralytics detection checkpoint"):
+        import_ultralytics(tmp_path / "plain.pt", tmp_path / "out.pt")
+    with pytest.raises(EdgecompressError, match=r"source='.*nope.pt' not found: expected an original ultralytics "
+                                                r"checkpoint \(e.g. yolov8n.pt"):
+        import_ultralytics(tmp_path / "nope.pt", tmp_path / "out.pt")
     assert not (tmp_path / "out.pt").exists()
     with pytest.raises(EdgecompressError, match="weights='missing.pt' not found: run the detect_import stage"):
         load_detector("v5", DetectorParams(family="yolov5", weights="missing.pt"), dataset_classes=COCO_FIRST)

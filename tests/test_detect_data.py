@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 from pathlib import Path
 
 import numpy as np
@@ -284,3 +285,100 @@ def test_coco128_json_and_yolo_labels_agree():
                 np.testing.assert_allclose(theirs.pop(nearest), box, rtol=0, atol=1.0)
     # the YOLO copy lacks labels for two images that the json also leaves without (non-crowd) boxes
     assert sorted(i.file_name for i in yolo.images if i.num_boxes == 0) == ["000000000250.jpg", "000000000508.jpg"]
+
+
+# ------------------------------------------------------------------------------ bad input (issue #16)
+def test_coco_non_numeric_values_name_annotation_and_value(tmp_path, images_dir):
+    data = coco_json()
+    data["annotations"][1]["bbox"][2] = "abc"
+    with pytest.raises(EdgecompressError) as err:
+        load_coco(write_coco_json(tmp_path / "i.json", data), images_dir)
+    assert re.fullmatch(r".*i\.json: annotation id 2 \(image id 7\) bbox value is 'abc', expected a finite number",
+                        str(err.value)), str(err.value)
+    data = coco_json()
+    data["annotations"][0]["bbox"][0] = None
+    with pytest.raises(EdgecompressError, match=r"annotation id 1 \(image id 7\) bbox value is None"):
+        load_coco(write_coco_json(tmp_path / "i.json", data), images_dir)
+    data = coco_json()
+    data["images"][1]["width"] = "wide"
+    with pytest.raises(EdgecompressError, match=r"i\.json: image id 3 width is 'wide', expected a finite number"):
+        load_coco(write_coco_json(tmp_path / "i.json", data), images_dir)
+
+
+def test_voc_non_numeric_box_names_image_object_and_value(tmp_path, images_dir):
+    (tmp_path / "a.xml").write_text(VOC_XML.replace("<xmin>5</xmin>", "<xmin>abc</xmin>"))
+    with pytest.raises(EdgecompressError) as err:
+        load_voc(tmp_path, images_dir)
+    assert re.fullmatch(r".*a\.xml: image a\.jpg object 2 <xmin> is 'abc', expected a finite number",
+                        str(err.value)), str(err.value)
+
+
+@pytest.mark.parametrize(("line", "pattern"), [
+    ("0 0.5 abc 0.1 0.1", r"a\.txt:2: cy is 'abc', expected a finite number"),
+    ("0 0.5 0.5 nan 0.1", r"a\.txt:2: w is 'nan', expected a finite number"),  # float() takes it
+    ("0 0.5 0.5 0.1 inf", r"a\.txt:2: h is 'inf', expected a finite number"),
+    ("x 0.5 0.5 0.1 0.1", r"a\.txt:2: class is 'x', expected an integer"),
+])
+def test_yolo_bad_values_name_file_line_and_value(tmp_path, images_dir, line, pattern):
+    (tmp_path / "a.txt").write_text(f"0 0.5 0.5 0.1 0.1\n{line}\n")
+    with pytest.raises(EdgecompressError, match=pattern) as err:
+        load_yolo(tmp_path, images_dir, ["person", "car"])
+    assert "\n" not in str(err.value)
+
+
+def test_coco_images_missing_on_disk_are_all_named(tmp_path, images_dir):
+    (images_dir / "a.jpg").unlink()
+    (images_dir / "c.jpg").unlink()
+    with pytest.raises(EdgecompressError) as err:
+        load_coco(write_coco_json(tmp_path / "i.json", coco_json()), images_dir)
+    assert re.fullmatch(r".*i\.json: 2 listed image\(s\) not found under .*images: a\.jpg, c\.jpg",
+                        str(err.value)), str(err.value)
+
+
+def test_voc_images_missing_on_disk_are_all_named(tmp_path, images_dir):
+    (tmp_path / "ann").mkdir()
+    for name in ("x", "y"):  # y has no <size>: before, its size lookup raised on the first missing image
+        xml = VOC_XML.replace("a.jpg", f"{name}.jpg")
+        (tmp_path / "ann" / f"{name}.xml").write_text(xml if name == "x" else re.sub(r"<size>.*</size>", "", xml))
+    (tmp_path / "ann" / "z.xml").write_text(VOC_XML)  # a.jpg exists
+    with pytest.raises(EdgecompressError, match=r"ann: 2 listed image\(s\) not found under .*images: "
+                                                r"x\.jpg \(x\.xml\), y\.jpg \(y\.xml\)$"):
+        load_voc(tmp_path / "ann", images_dir)
+
+
+def test_write_subset_names_every_missing_image_and_writes_nothing(tmp_path, images_dir):
+    from edgecompress.detection.source import write_subset
+
+    ds = load_coco(write_coco_json(tmp_path / "i.json", coco_json()), images_dir)
+    many = [ImageAnnotation(100 + i, f"gone{i:02d}.jpg", 10, 10, np.zeros((0, 4)), np.zeros(0), np.zeros(0))
+            for i in range(12)]
+    ds.images += many
+    (images_dir / "b.png").unlink()
+    with pytest.raises(EdgecompressError) as err:
+        write_subset(ds, tmp_path / "subset")
+    message = str(err.value)
+    assert re.fullmatch(r"the data set to write to .*subset: 13 listed image\(s\) not found under .*images: "
+                        r"b\.png, gone00\.jpg, .*, gone08\.jpg and 3 more", message), message
+    assert not (tmp_path / "subset").exists()
+
+
+def test_skipped_boxes_warning_names_them(tmp_path, images_dir, caplog):
+    data = coco_json()
+    data["annotations"] += [{"id": 100 + i, "image_id": 12, "category_id": 1, "bbox": [1, 1, 5, -2], "iscrowd": 0}
+                            for i in range(11)]
+    with caplog.at_level(logging.WARNING):
+        load_coco(write_coco_json(tmp_path / "i.json", data), images_dir)
+    assert re.search(r"i\.json: skipped 12 box\(es\) with zero or negative width/height "
+                     r"\(annotation ids 4, 100, 101, 102, 103, 104, 105, 106, 107, 108 and 2 more\)", caplog.text)
+    caplog.clear()
+    (tmp_path / "labels").mkdir()
+    (tmp_path / "labels" / "a.txt").write_text("0 0.5 0.5 0.1 0.1\n0 0.5 0.5 0 0.1\n")
+    with caplog.at_level(logging.WARNING):
+        load_yolo(tmp_path / "labels", images_dir, ["person"])
+    assert "skipped 1 box(es) with zero or negative width/height (label lines a.txt:2)" in caplog.text
+    caplog.clear()
+    (tmp_path / "voc").mkdir()
+    (tmp_path / "voc" / "a.xml").write_text(VOC_XML.replace("<xmax>64</xmax>", "<xmax>3</xmax>"))
+    with caplog.at_level(logging.WARNING):
+        load_voc(tmp_path / "voc", images_dir)
+    assert "skipped 1 box(es) with zero or negative width/height (objects a.xml #2)" in caplog.text

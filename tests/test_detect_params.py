@@ -23,6 +23,7 @@ PARAMS_YAML = ROOT / "pipelines" / "detection" / "params.yaml"
 def test_the_committed_params_file_validates_with_its_yaml_names() -> None:
     detection = load_settings(PARAMS_YAML, DetectionPipelineParams).detection
     assert detection.import_.out == "models/yolov5n.safe.pt" and detection.models["yolov5n"].family == "yolov5"
+    assert detection.import_.family == "yolov5"
     written = yaml.safe_load(PARAMS_YAML.read_text())["detection"]
     as_dict = detection.to_dict()
     assert set(as_dict) == set(written)  # every key of the file, "import" spelled as in YAML
@@ -51,6 +52,7 @@ def test_the_committed_params_file_validates_with_its_yaml_names() -> None:
     ({"data": {"format": "kitti"}}, "detection.data.format='kitti' is invalid: allowed: coco, voc, yolo"),
     ({"train": {"optimizer": "lamb"}}, "detection.train.optimizer='lamb' is invalid: allowed: sgd, adamw"),
     ({"import": {"sauce": "x"}}, "detection.import.sauce is not a known parameter"),
+    ({"import": {"family": "torchvision"}}, "detection.import.family='torchvision' is invalid: allowed: yolov5, ultralytics"),
 ])
 def test_bad_values_are_one_line_naming_the_dotted_key(changes: dict, message: str) -> None:
     with pytest.raises(EdgecompressError) as err:
@@ -65,6 +67,13 @@ def test_every_family_has_a_loader_and_its_name_is_what_params_accept(monkeypatc
     # a family is one registry entry (plus its loader): params accept it without any other change
     monkeypatch.setitem(families.FAMILIES, "yolov9", families.FAMILIES["ultralytics"])
     assert DetectorParams(family="yolov9", arch="yolov9t.yaml").family == "yolov9"
+
+
+def test_ultralytics_takes_an_imported_file_or_a_yaml() -> None:
+    assert DetectorParams(family="ultralytics", weights="models/yolov8n.safe.pt").arch is None
+    assert DetectorParams(family="ultralytics", arch="yolov8n.yaml", weights=None).weights is None
+    with pytest.raises(EdgecompressError, match="arch=None is invalid: family ultralytics needs arch"):
+        DetectorParams(family="ultralytics", weights=None)
 
 
 def test_reading_params_loads_neither_torch_nor_model_code() -> None:

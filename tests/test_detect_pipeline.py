@@ -113,7 +113,7 @@ def test_detection_pipeline_smoke_run_random_weights(repo_copy: Path, tmp_path: 
         assert (det / "plots" / f"{plot}.png").read_bytes()[:4] == b"\x89PNG"
         assert (det / "plots" / "detection" / f"{plot}.png").read_bytes() == (det / "plots" / f"{plot}.png").read_bytes()
     trained = json.loads((det / "metrics" / "detect_train.json").read_text())
-    assert trained["trainer"] == "ultralytics YOLO.train" and trained["train_images"] == 1
+    assert trained["trainer"] == "ultralytics DetectionTrainer" and trained["train_images"] == 1
     assert [row["epoch"] for row in trained["history"]] == [1] and "train/box_loss" in trained["history"][0]
     assert (det / "models" / "trained" / "yolov8n.pt").is_file()
     live = json.loads((det / "dvclive" / "detect_train" / "metrics.json").read_text())
@@ -152,7 +152,7 @@ def test_detection_pipeline_smoke_run_random_weights(repo_copy: Path, tmp_path: 
     report = (det / "REPORT.md").read_text()
     assert "## Compressed variants" in report and "outside the evaluation subset" in report and "## Profile" in report
     assert "of the MACs removed" in report and "Pruned never slower than the original on any runtime" in report
-    assert "## Fine-tuning" in report and "ultralytics YOLO.train" in report
+    assert "## Fine-tuning" in report and "ultralytics DetectionTrainer" in report
     assert "yolov8n (random weights)" in report and "not judged: random weights" in report
     assert "up to date" in run(["dvc", "repro", "pipelines/detection/dvc.yaml"], repo_copy).stdout
 

@@ -1,6 +1,6 @@
-"""Tests of detector fine-tuning (`edgecompress.detection.train`). ultralytics' trainer runs in the pipeline
-smoke test (tests/test_detect_pipeline.py); here the data pipeline, our loop on both of its families,
-and the saved weights."""
+"""Tests of detector fine-tuning (`edgecompress.detection.train`): the data pipeline, our loop on both of
+its families, ultralytics' trainer started from detect_import's safe file (one tiny epoch; the
+pipeline smoke test runs it from a yaml), and the saved weights."""
 
 from __future__ import annotations
 
@@ -15,10 +15,10 @@ from PIL import Image
 from edgecompress import EdgecompressError
 from edgecompress.detection import train as dt
 from edgecompress.detection.data import DetectionDataset, ImageAnnotation
-from edgecompress.detection.models import import_yolov5, load_detector, unfused_network
+from edgecompress.detection.models import import_ultralytics, import_yolov5, load_detector, unfused_network
 from edgecompress.detection.params import DetectorParams
 
-from test_detect import COCO_FIRST, write_yolov5_checkpoint
+from test_detect import COCO_FIRST, forbid_full_unpickling, write_ultralytics_checkpoint, write_yolov5_checkpoint
 
 
 class RecordingLogger:
@@ -132,6 +132,43 @@ def test_our_loop_trains_ultralytics_networks_with_their_own_loss(tmp_path: Path
     assert {"train/box", "train/cls", "train/dfl"} <= set(history[0])
     assert history[-1]["train/loss"] < history[0]["train/loss"]
     assert not detector.model.training
+
+
+def test_ultralytics_trainer_starts_from_the_safe_file_and_writes_one(tmp_path: Path,
+                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """Before: `YOLO(<weights .pt>)` unpickled the start, and the output was ultralytics' last.pt (a pickle)."""
+    import ultralytics.engine.trainer as engine
+
+    safe = tmp_path / "v8.safe.pt"
+    import_ultralytics(write_ultralytics_checkpoint(tmp_path / "v8.pt"), safe)
+    (tmp_path / "images").mkdir()
+    ds = tiny_dataset(tmp_path / "images")
+    detector = load_detector("v8", DetectorParams(family="ultralytics", weights=str(safe)), dataset_classes=ds.classes,
+                             imgsz=64)
+    started, build = [], dt._ultralytics_trainer
+
+    def recording_build(*args, **kwargs):
+        trainer = build(*args, **kwargs)
+        started.append({k: v.clone() for k, v in trainer.model.state_dict().items()})
+        return trainer
+
+    monkeypatch.setattr(dt, "_ultralytics_trainer", recording_build)
+    check_amp = engine.check_amp
+    forbid_full_unpickling(monkeypatch)
+    out = tmp_path / "trained" / "v8.pt"
+    run = dt.train_detector(detector, ds, ds, out, settings={**TRAIN, "epochs": 1, "batch_size": 2}, seed=0,
+                            evaluate=lambda d: {})
+    assert run.trainer == "ultralytics DetectionTrainer" and [row["epoch"] for row in run.result["history"]] == [1]
+    imported = detector.model.state_dict()  # the start is the imported network (the class head remapped by name)
+    assert torch.equal(started[0]["model.0.conv.weight"], imported["model.0.conv.weight"])
+    payload = torch.load(out, weights_only=True)  # the output is detect_import's safe format, not last.pt
+    assert payload["format"] == "edgecompress-ultralytics-v1" and payload["classes"] == ds.classes
+    assert payload["source"] == {"fine_tuned_from": str(safe)}
+    assert run.detector.classes == ds.classes and engine.check_amp is check_amp
+
+
+TRAIN = {"batch_size": 2, "workers": 0, "optimizer": "sgd", "lr": 0.01, "momentum": 0.9, "weight_decay": 0.0,
+         "hflip": 0.0, "freeze_batchnorm": True}
 
 
 def test_bad_settings_are_one_line_errors(tmp_path: Path) -> None:

@@ -56,6 +56,21 @@ def test_pickled_code_is_refused(tmp_path):
         load_torch(path)
 
 
+def test_unsafe_pickle_message_keeps_the_cause_and_drops_the_unsafe_advice(tmp_path):
+    import os
+
+    class RunsCode:
+        def __reduce__(self):
+            return (os.system, ("true",))
+    path = tmp_path / "evil.pt"
+    torch.save({"x": RunsCode()}, path)
+    with pytest.raises(EdgecompressError) as exc:
+        load_torch(path)
+    message = str(exc.value)
+    assert "system" in message and "\n" not in message            # the cause: a blocked GLOBAL
+    assert "set to `False`" not in message and "Re-running" not in message  # not torch's advice to do it anyway
+
+
 def test_missing_checkpoint_is_one_clear_error(tmp_path):
     with pytest.raises(EdgecompressError, match="not found"):
         load_torch(tmp_path / "nope.pt")
@@ -77,3 +92,24 @@ def test_atomic_dir_replaces_whole_directory_or_nothing(tmp_path):
         (tmp / "c.txt").write_text("second")
     assert sorted(p.name for p in out.iterdir()) == ["c.txt"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["subset"]  # no temporary or old folder left
+
+
+def test_interrupted_live_logging_leaves_the_previous_curves(tmp_path):
+    """dvclive empties its folder when it starts: an interrupted stage used to lose the previous run's curves
+    while printing "previous outputs are intact" (issue 16, finding 5)."""
+    from edgecompress.stage import open_live
+
+    live_dir = tmp_path / "dvclive" / "distill"
+    with open_live(live_dir) as live:
+        live.log_metric("train/loss", 1.0)
+        live.next_step()
+    before = sorted(p.relative_to(live_dir) for p in live_dir.rglob("*"))
+    assert before
+    with pytest.raises(KeyboardInterrupt):
+        with open_live(live_dir) as live:
+            live.log_metric("train/loss", 2.0)
+            live.next_step()
+            raise KeyboardInterrupt
+    assert sorted(p.relative_to(live_dir) for p in live_dir.rglob("*")) == before
+    assert "2.0" not in (live_dir / "plots" / "metrics" / "train" / "loss.tsv").read_text()
+    assert [p.name for p in live_dir.parent.iterdir()] == ["distill"]  # no temporary folder left behind

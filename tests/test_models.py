@@ -56,3 +56,29 @@ def test_foreign_file_is_rejected(tmp_path):
     save_torch(path, {"weights": torch.ones(2)})
     with pytest.raises(EdgecompressError, match="not an edgecompress checkpoint"):
         load_checkpoint(path)
+
+
+def test_flipped_bytes_in_tensor_data_are_refused(tmp_path):
+    """16 bytes flipped inside a weight tensor unpickle fine (torch checks no checksum): the sha256 recorded
+    at save time catches them (issue 16, finding 1)."""
+    torch.manual_seed(0)
+    model = build_model("resnet20", 10, width=0.5).eval()
+    path = tmp_path / "teacher.pt"
+    save_checkpoint(path, model, arch_config("resnet20", 10, 0.5, True), meta={})
+    raw = bytearray(path.read_bytes())
+    weight = model.layer3[0].conv2.weight.detach().numpy().tobytes()
+    start = raw.find(weight) + len(weight) // 2
+    assert start > len(weight) // 2  # the tensor's bytes are stored as they are
+    raw[start:start + 16] = bytes(b ^ 0xFF for b in raw[start:start + 16])
+    path.write_bytes(bytes(raw))
+    with pytest.raises(EdgecompressError, match="teacher.pt: weights do not match the sha256"):
+        load_checkpoint(path)
+
+
+def test_checkpoint_without_arch_is_one_line(tmp_path):
+    from edgecompress.models import CHECKPOINT_FORMAT
+    path = tmp_path / "noarch.pt"
+    save_torch(path, {"format": CHECKPOINT_FORMAT, "state_dict": {}, "meta": {}})
+    with pytest.raises(EdgecompressError) as exc:
+        load_checkpoint(path)
+    assert "noarch.pt: checkpoint lacks arch" in str(exc.value) and "\n" not in str(exc.value)

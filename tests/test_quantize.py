@@ -334,3 +334,19 @@ def test_vnni_qconfig_narrows_only_depthwise_weights():
     with fx.quant_engine("x86"), torch.no_grad():
         x = torch.randn(16, 3, 8, 8)
         assert torch.allclose(quantized(x), model(x), atol=0.05)
+
+
+def test_onnx_loader_refuses_wrong_shape_and_raw_pixels_in_one_line(tmp_path):
+    """Wrong rank or size gave ONNX Runtime's own multi-line error, and uint8 pixels ran silently as
+    unnormalised floats (issue 16, finding 4)."""
+    from edgecompress.quantize.onnx import OnnxModel, export_onnx
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten()).eval()
+    export_onnx(model, torch.randn(2, 3, 8, 8), tmp_path / "m.onnx")
+    onnx_model = OnnxModel(tmp_path / "m.onnx", threads=1)
+    assert onnx_model(torch.randn(5, 3, 8, 8)).shape == (5, 4)  # any batch size
+    for bad, what in ((torch.randn(3, 8, 8), "input shape (3, 8, 8) is invalid: expects (N, 3, 8, 8)"),
+                      (torch.randn(1, 1, 8, 8), "input shape (1, 1, 8, 8) is invalid"),
+                      (torch.zeros(1, 3, 8, 8, dtype=torch.uint8), "input dtype torch.uint8 is invalid")):
+        with pytest.raises(EdgecompressError) as exc:
+            onnx_model(bad)
+        assert "m.onnx: " + what in str(exc.value) and "\n" not in str(exc.value)

@@ -336,3 +336,17 @@ def test_gate_note_names_each_variants_validation_drop_and_its_float_layers():
     assert chain_metrics.gate_note(qvars) == (
         "Quality gate, drop in points on the validation split (budget: 1.0): `ptq_x86` +0.00; `onnx_int8` +1.50 "
         "with 1 float layer(s) (node_Conv_3; 0.12 vs 0.1 ms/sample all-INT8) — over budget.")
+
+
+def test_contended_variants_are_flagged_in_the_report(tmp_path):
+    def contended(b):
+        b["config"]["max_load"] = 0.25
+        b["variants"]["onnx_int8"]["load"] = {"other_cpu_cores": 0.9, "steal_cores": 0.0, "attempts": 3,
+                                              "contended": True}
+        b["contended"] = ["onnx_int8"]
+    text = report.render_report(chain_metrics.load_metrics(copy_fixture(tmp_path, {"benchmark": contended})), {}, {})
+    assert "**Under contention** (> 0.25 cores of other processes or stolen CPU): `onnx_int8` (0.9 cores other" in text
+    assert "Their latencies are not comparable" in text
+    quiet = report.render_report(chain_metrics.load_metrics(copy_fixture(
+        tmp_path / "q", {"benchmark": lambda b: b["config"].update(max_load=0.25)})), {}, {})
+    assert "measured on a quiet machine (other processes and stolen CPU ≤ 0.25 cores)" in quiet

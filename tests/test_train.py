@@ -62,3 +62,15 @@ def test_sync_batchnorm_reverts_to_plain_batchnorm() -> None:
     synced = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
     plain = distributed.revert_sync_batchnorm(synced)
     assert type(plain[1]) is torch.nn.BatchNorm2d and torch.equal(plain[1].running_mean, torch.full((4,), 1.5))
+
+
+def test_class_count_mismatch_is_one_line() -> None:
+    """A model trained on 10 classes evaluated on data with 5 (the prepared data changed): one line naming
+    both counts, not torchmetrics' "Detected more unique values" traceback (issue 16, finding 4)."""
+    from edgecompress.train import evaluate
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(12, 10))
+    loader = [(torch.randn(4, 3, 2, 2), torch.tensor([0, 1, 2, 4]))]
+    with pytest.raises(EdgecompressError) as exc:
+        evaluate(model, loader, num_classes=5)
+    assert "(10,) outputs per image but the data set has 5 classes" in str(exc.value)
+    assert "\n" not in str(exc.value)

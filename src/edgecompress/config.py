@@ -129,6 +129,8 @@ def coerce(value: Any, tp: Any, key: str) -> Any:
             raise exc.prefixed(key) from None
     if tp is float:
         check(isinstance(value, (int, float)) and not isinstance(value, bool), key, value, f"must be {_type_name(tp)}")
+        # .inf / .nan parse as floats in YAML and pass every range check written as a comparison
+        check(math.isfinite(value), key, value, "must be a finite number")
         return value  # an int is a valid float; kept as written so errors echo the user's value
     if tp in (int, bool, str):
         ok = isinstance(value, tp) and not (tp is int and isinstance(value, bool))

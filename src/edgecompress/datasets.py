@@ -8,7 +8,7 @@ from __future__ import annotations
 import pickle
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Any, BinaryIO, Callable
 
 import numpy as np
 import torch
@@ -29,8 +29,32 @@ _CIFAR_LAYOUT = {
     "cifar10": "<root>/cifar-10-batches-py/{data_batch_1..5,test_batch,batches.meta}",
     "cifar100": "<root>/cifar-100-python/{train,test,meta}",
 }
+# What unpickling a CIFAR file may construct: numpy arrays (protocol 2 as in the official release, the
+# current default, and protocol 5's out-of-band form; numpy 1 and 2 module paths), numpy scalars (labels
+# re-saved as numpy ints) and `_codecs.encode`, which Python 3 uses for bytes under protocol 2.
+# Anything else (os.system, builtins.eval, ...) is refused: a pickle may run any callable it names.
+_PICKLE_ALLOWED = {
+    ("numpy", "ndarray"), ("numpy", "dtype"), ("_codecs", "encode"),
+    *((f"numpy.{core}.multiarray", name) for core in ("core", "_core") for name in ("_reconstruct", "scalar")),
+    *((f"numpy.{core}.numeric", "_frombuffer") for core in ("core", "_core")),
+}
+MAX_LISTED = 10  # bad files named in one error; the rest are counted
 
 
+def _listing(items: list[str]) -> str:
+    """The first MAX_LISTED items joined with "; ", plus how many more, to keep an error on one line."""
+    more = f"; and {len(items) - MAX_LISTED} more" if len(items) > MAX_LISTED else ""
+    return "; ".join(items[:MAX_LISTED]) + more
+
+
+def _require_folder(root: str, expects: str) -> Path:
+    """`root` as a Path, checked to be an existing folder (a file or a missing path is one clear line)."""
+    base = Path(root)
+    if base.is_file():
+        raise EdgecompressError(f"data.root='{root}' is a file, not a folder; {expects}")
+    if not base.is_dir():
+        raise EdgecompressError(f"data.root='{root}': not found; {expects}")
+    return base
 
 
 @dataclass
@@ -64,11 +88,26 @@ def _load_digits(root: str | None, image_size: int) -> RawData:
     return RawData([str(n) for n in digits.target_names], {"all": (images, labels)})
 
 
+class _CifarUnpickler(pickle.Unpickler):
+    """An unpickler that builds only arrays, lists, numbers and bytes (see `_PICKLE_ALLOWED`)."""
+
+    def __init__(self, handle: BinaryIO, path: Path) -> None:
+        super().__init__(handle, encoding="bytes")  # encoding="bytes" as in the CIFAR docs
+        self.path = path
+
+    def find_class(self, module: str, name: str) -> Any:
+        if (module, name) not in _PICKLE_ALLOWED:
+            raise EdgecompressError(f"{self.path}: refused to unpickle {module}.{name}: "
+                                    "a CIFAR pickle holds only arrays, lists, numbers and bytes")
+        return super().find_class(module, name)
+
+
 def _read_pickle(path: Path) -> dict:
     try:
         with path.open("rb") as handle:
-            # The official python-version files are pickles; encoding="bytes" as in the CIFAR docs.
-            data = pickle.load(handle, encoding="bytes")
+            data = _CifarUnpickler(handle, path).load()
+    except EdgecompressError:
+        raise
     except Exception as exc:  # corrupt/truncated files raise many types
         raise EdgecompressError(f"{path}: cannot read CIFAR pickle ({type(exc).__name__}: {exc})") from None
     if not isinstance(data, dict):
@@ -85,9 +124,7 @@ def _load_cifar(name: str, root: str | None, image_size: int) -> RawData:
     expects = f"{name} expects {_CIFAR_LAYOUT[name]} (python pickle version)"
     if root is None:
         raise EdgecompressError(f"data.root=None: a root folder is required; {expects}")
-    base = Path(root)
-    if not base.is_dir():
-        raise EdgecompressError(f"data.root='{root}': not found; {expects}")
+    base = _require_folder(root, expects)
     if (base / folder).is_dir():  # root may be the parent or the folder itself
         base = base / folder
     for fname in [*train_files, test_file, meta_file]:
@@ -133,7 +170,18 @@ def _class_dirs(folder: Path) -> list[Path]:
     return sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
 
 
-def _load_tree(folder: Path, classes: list[str], image_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+def _unreadable(path: Path, base: Path, exc: EdgecompressError) -> str:
+    """`<path relative to base> (<short reason>)`: the decoder's own message (read_image keeps it as the
+    exception's context) without the path, which is already named."""
+    cause = exc.__context__ or exc
+    reason = str(cause).replace(f"'{path}'", "").replace(str(path), "").strip(" :") or type(cause).__name__
+    return f"{path.relative_to(base).as_posix()} ({reason.splitlines()[0][:120]})"
+
+
+def _load_tree(folder: Path, classes: list[str], image_size: int, base: Path,
+               failures: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+    """The images under folder/<class>/; unreadable ones are appended to `failures` (relative to
+    `base`) rather than raised, so one error can list every bad file of the data set."""
     items: list[tuple[Path, int]] = []
     for cdir in _class_dirs(folder):
         if cdir.name not in classes:
@@ -143,9 +191,16 @@ def _load_tree(folder: Path, classes: list[str], image_size: int) -> tuple[torch
             raise EdgecompressError(f"{cdir}: class folder holds no images "
                                     f"(expected {', '.join(sorted(IMAGE_EXTENSIONS))} files)")
         items += [(p, classes.index(cdir.name)) for p in files]
-    images = [_load_image(p, image_size)
-              for p, _ in tqdm(items, desc=f"loading {folder.name}", disable=len(items) <= 500)]
-    return torch.stack(images), torch.tensor([c for _, c in items], dtype=torch.int64)
+    images, labels = [], []
+    for path, label in tqdm(items, desc=f"loading {folder.name}", disable=len(items) <= 500):
+        try:
+            images.append(_load_image(path, image_size))
+            labels.append(label)
+        except EdgecompressError as exc:
+            failures.append(_unreadable(path, base, exc))
+    if not images:
+        return torch.empty((0, 3, image_size, image_size), dtype=torch.uint8), torch.empty(0, dtype=torch.int64)
+    return torch.stack(images), torch.tensor(labels, dtype=torch.int64)
 
 
 def _load_imagefolder(root: str | None, image_size: int) -> RawData:
@@ -153,9 +208,7 @@ def _load_imagefolder(root: str | None, image_size: int) -> RawData:
     expects = "imagefolder expects <root>/<class>/<image> or <root>/{train,test[,val]}/<class>/<image>"
     if root is None:
         raise EdgecompressError(f"data.root=None: a root folder is required; {expects}")
-    base = Path(root)
-    if not base.is_dir():
-        raise EdgecompressError(f"data.root='{root}': not found; {expects}")
+    base = _require_folder(root, expects)
     split_dirs = {"train": base / "train", "test": base / "test", "val": base / "val"}
     if not split_dirs["val"].is_dir():
         split_dirs["val"] = base / "valid"
@@ -164,9 +217,12 @@ def _load_imagefolder(root: str | None, image_size: int) -> RawData:
     classes = [p.name for p in _class_dirs(top)]
     if not classes:
         raise EdgecompressError(f"data.root='{root}': no class folders in {top}; {expects}")
-    if not predefined:
-        return RawData(classes, {"all": _load_tree(base, classes, image_size)})
-    pools = {s: _load_tree(d, classes, image_size) for s, d in split_dirs.items() if d.is_dir()}
+    failures: list[str] = []
+    trees = {s: d for s, d in split_dirs.items() if d.is_dir()} if predefined else {"all": base}
+    pools = {s: _load_tree(d, classes, image_size, base, failures) for s, d in trees.items()}
+    if failures:
+        raise EdgecompressError(f"data.root='{root}': {len(failures)} unreadable image(s): {_listing(failures)}; "
+                                "fix or remove them")
     return RawData(classes, pools)
 
 

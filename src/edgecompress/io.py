@@ -140,9 +140,20 @@ def load_torch(path: str | Path, what: str = "checkpoint") -> Any:
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises many types for corrupt/foreign files
-        raise EdgecompressError(
-            f"{path}: cannot load {what} safely with weights_only=True ({first_line(exc)})"
-        ) from None
+        raise EdgecompressError(f"{path}: cannot load {what} safely with weights_only=True ({_load_cause(exc)})") from None
+
+
+def _load_cause(exc: BaseException) -> str:
+    """The reason torch gives, without its advice to retry with weights_only=False (the unsafe thing:
+    its first line says so and would hide the cause, e.g. 'unsupported GLOBAL posix.system')."""
+    text = str(exc)
+    if "weights_only" in first_line(exc, limit=len(text) + 1):
+        causes = [line.strip() for line in text.splitlines()
+                  if line.strip() and "weights_only" not in line and not line.startswith("Check the documentation")]
+        cause = causes[0] if causes else first_line(exc)
+        return (f"{cause[:200]}; it holds objects other than tensors and containers, and only code you trust "
+                "may be unpickled")
+    return first_line(exc)
 
 
 def read_image(path: str | Path) -> Any:

@@ -17,6 +17,8 @@ the same `arch`; their smaller layer widths are read back from the state dict's 
 
 from __future__ import annotations
 
+import hashlib
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -27,6 +29,8 @@ import torch.nn as nn
 from edgecompress import EdgecompressError
 from edgecompress.config import Settings, check
 from edgecompress.io import file_size_mb, load_torch, save_torch
+
+log = logging.getLogger(__name__)
 
 CHECKPOINT_FORMAT = "edgecompress.checkpoint/1"
 
@@ -205,10 +209,23 @@ def arch_config(name: str, num_classes: int, width: float, small_input: bool) ->
     return {"name": name, "num_classes": int(num_classes), "width": float(width), "small_input": bool(small_input)}
 
 
+def state_dict_sha256(state: dict[str, torch.Tensor]) -> str:
+    """Content hash of a state dict: every tensor's name, dtype, shape and bytes, in name order (the
+    pickle around them may differ between torch versions; the weights may not)."""
+    digest = hashlib.sha256()
+    for name in sorted(state):
+        tensor = state[name].detach().cpu().contiguous()
+        digest.update(f"{name}|{tensor.dtype}|{tuple(tensor.shape)}|".encode())
+        digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes() if tensor.numel() else b"")
+    return digest.hexdigest()
+
+
 def save_checkpoint(path: str | Path, model: nn.Module, arch: dict[str, Any], meta: dict[str, Any]) -> None:
-    """Write a model checkpoint atomically (state dict + arch + meta; loads with weights_only)."""
+    """Write a model checkpoint atomically (state dict + arch + meta + the state dict's sha256, which
+    `load_checkpoint` verifies; loads with weights_only)."""
     state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
-    save_torch(path, {"format": CHECKPOINT_FORMAT, "arch": dict(arch), "state_dict": state, "meta": dict(meta)})
+    save_torch(path, {"format": CHECKPOINT_FORMAT, "arch": dict(arch), "state_dict": state, "meta": dict(meta),
+                      "sha256": state_dict_sha256(state)})
 
 
 def match_state_dict_shapes(model: nn.Module, state_dict: dict[str, torch.Tensor]) -> nn.Module:
@@ -244,6 +261,18 @@ def match_state_dict_shapes(model: nn.Module, state_dict: dict[str, torch.Tensor
     return model
 
 
+def _verify_hash(path: str | Path, ckpt: dict[str, Any]) -> None:
+    """A checkpoint's weights must hash to what was written at save time: flipped bytes inside tensor data
+    unpickle fine and would otherwise be used (issue 16: five teacher weights went from -0.03 to 35.0)."""
+    recorded = ckpt.get("sha256")
+    if recorded is None:
+        log.warning("%s: no content hash (written before hashes were recorded): its weights are not verified", path)
+        return
+    if state_dict_sha256(ckpt["state_dict"]) != recorded:
+        raise EdgecompressError(f"{path}: weights do not match the sha256 recorded when it was saved (the file is "
+                                "corrupted or was edited); re-run the stage that produces it")
+
+
 def load_checkpoint(path: str | Path) -> tuple[nn.Module, dict[str, Any]]:
     """Rebuild a model from a checkpoint written by `save_checkpoint` (pruned ones included).
 
@@ -256,7 +285,13 @@ def load_checkpoint(path: str | Path) -> tuple[nn.Module, dict[str, Any]]:
     ckpt = load_torch(path)
     if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
         raise EdgecompressError(f"{path}: not an edgecompress checkpoint (expected format {CHECKPOINT_FORMAT})")
-    arch = ckpt["arch"]
+    missing = [k for k in ("arch", "state_dict") if not isinstance(ckpt.get(k), dict)]
+    arch = ckpt.get("arch") or {}
+    missing += [f"arch.{k}" for k in ("name", "num_classes", "width", "small_input") if not missing and k not in arch]
+    if missing:
+        raise EdgecompressError(f"{path}: checkpoint lacks {', '.join(missing)} (written by save_checkpoint? re-run "
+                                "the stage that produces it)")
+    _verify_hash(path, ckpt)
     model = build_model(arch["name"], arch["num_classes"], arch["width"], arch["small_input"])
     match_state_dict_shapes(model, ckpt["state_dict"])
     try:

@@ -14,6 +14,7 @@ from typing import Any, Callable, ContextManager
 
 from edgecompress import EdgecompressError, distributed
 from edgecompress.config import load_settings
+from edgecompress.io import atomic_dir
 
 log = logging.getLogger("edgecompress")
 
@@ -62,9 +63,17 @@ def read_training_params(path: str | Path, schema: type) -> Any:
 def open_live(live_dir: str | Path, *, enabled: bool = True) -> ContextManager[Any]:
     """A dvclive logger writing per-step curves under `live_dir` (no DVC experiment, no dvc.yaml, no
     HTML report: the stage's dvc.yaml entry declares the plots), or a null context yielding None
-    where this process must not write (a helper rank)."""
+    where this process must not write (a helper rank). It writes into a fresh folder beside `live_dir`
+    that replaces it only when the block completes: dvclive empties its folder when it starts, so an
+    interrupted run would otherwise lose the previous curves (issue 16)."""
     if not enabled:
         return contextlib.nullcontext(None)
+    return _atomic_live(Path(live_dir))
+
+
+@contextlib.contextmanager
+def _atomic_live(live_dir: Path) -> Any:
     from dvclive import Live  # imports DVC's machinery: only where a stage logs
 
-    return Live(dir=str(live_dir), save_dvc_exp=False, dvcyaml=None, report=None)
+    with atomic_dir(live_dir) as tmp, Live(dir=str(tmp), save_dvc_exp=False, dvcyaml=None, report=None) as live:
+        yield live

@@ -149,6 +149,9 @@ def evaluate(model: nn.Module, loader: torch.utils.data.DataLoader, *, num_class
             logits = model(x)
         logits = logits.float().cpu()
         y = y.cpu()
+        if logits.ndim != 2 or logits.shape[1] != num_classes:  # torchmetrics would fail with a traceback
+            raise EdgecompressError(f"the model gives {tuple(logits.shape[1:])} outputs per image but the data set has "
+                                    f"{num_classes} classes: it was trained on other data; re-run the upstream stages")
         total_loss += F.cross_entropy(logits, y, reduction="sum").item()
         count += len(y)
         pred = logits.argmax(1)

@@ -27,13 +27,14 @@ from tqdm.auto import tqdm
 
 from edgecompress import EdgecompressError, first_line
 from edgecompress.bench.config import BenchConfig
+from edgecompress.bench.contention import LoadMonitor, LoadSources
 from edgecompress.bench.environment import achieved_fraction, environment_fingerprint, gemm_roofline
 from edgecompress.bench.profile import OpenVINOPredict, OrtPredict, profile_ops
 from edgecompress.bench.timing import latency_sweep, peak_rss_mb, sig, take_batch
 from edgecompress.classifier import EVAL_BATCH_SIZE
 from edgecompress.data import load_meta, load_split, make_loader, normalize_transform
 from edgecompress.models import count_layer_macs, count_params, load_checkpoint
-from edgecompress.quantize.artifacts import artifact_bytes
+from edgecompress.quantize.artifacts import artifact_bytes, artifact_sha256
 from edgecompress.quantize.config import VARIANTS, is_int8_variant
 from edgecompress.quantize.fx import load_torchscript
 from edgecompress.runtime import timing_device
@@ -61,6 +62,7 @@ class VariantSpec:
     path: str   # artifact on disk
     kind: str   # "checkpoint" | "torchscript" | "onnx" | "openvino" | "compiled" (checkpoint + torch.compile) | "half" (checkpoint in fp16)
     stage: str  # producing stage, for the report
+    sha256: str | None = None  # the artifact's content hash recorded by the stage that wrote it: verified on load
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
@@ -102,6 +104,9 @@ def load_predict(spec: VariantSpec, *, threads: int, example: torch.Tensor | Non
     dev = timing_device(device)
     if not Path(spec.path).is_file():
         raise EdgecompressError(f"{spec.path}: artifact of variant {spec.name} not found (run stage {spec.stage})")
+    if spec.sha256 is not None and artifact_sha256(spec.path) != spec.sha256:
+        raise EdgecompressError(f"{spec.path}: content differs from the sha256 stage {spec.stage} recorded when it "
+                                "wrote it (corrupted or edited); re-run that stage")
     if dev.type != "cpu" and spec.kind in ("onnx", "openvino", "torchscript"):
         raise EdgecompressError(f"variant {spec.name}: " + CPU_ONLY_REASON.format(what=spec.kind))
     if spec.kind == "onnx":
@@ -256,8 +261,31 @@ def chain_variants(*, models_dir: str | Path, quantized_dir: str | Path, quantiz
         if cuda:
             skipped[name] = {"stage": "quantize", "skipped": CPU_ONLY_REASON.format(what=kind)}
             continue
-        specs.append(VariantSpec(name, str(quantized_dir / entry["artifact"]), kind, "quantize"))
+        specs.append(VariantSpec(name, str(quantized_dir / entry["artifact"]), kind, "quantize", entry.get("sha256")))
     return specs, skipped
+
+
+def measure_watched(spec: VariantSpec, *, prepared_dir: str | Path, config: BenchConfig,
+                    profile_dir: str | Path | None = None, sources: LoadSources | None = None) -> dict[str, Any]:
+    """`benchmark_variant` (isolated or not, per `config.isolate`) with the machine's load recorded around it
+    (`result["load"]`); a measurement taken under contention (`config.max_load`) is repeated up to
+    `config.retries` times after waiting up to `config.wait_s` for a quiet machine, and stays flagged
+    ("contended": true) when the machine never quietened."""
+    measure = benchmark_variant_isolated if config.isolate else benchmark_variant
+    if config.max_load is None:
+        return measure(spec, prepared_dir=prepared_dir, config=config, profile_dir=profile_dir)
+    monitor = LoadMonitor(config.max_load, sources)
+    for attempt in range(config.retries + 1):
+        if attempt:
+            monitor.wait_for_quiet(config.wait_s)
+        monitor.start()
+        result = measure(spec, prepared_dir=prepared_dir, config=config, profile_dir=profile_dir)
+        load = monitor.stop()
+        if not load["contended"]:
+            break
+        log.warning("%s measured under contention (other processes %s cores, stolen %s cores)%s", spec.name,
+                    load["other_cpu_cores"], load["steal_cores"], "; measuring again" if attempt < config.retries else "")
+    return {**result, "load": {**load, "attempts": attempt + 1}}
 
 
 def run_benchmark(specs: Sequence[VariantSpec], skipped: dict[str, dict[str, Any]], *, prepared_dir: str | Path,
@@ -274,13 +302,12 @@ def run_benchmark(specs: Sequence[VariantSpec], skipped: dict[str, dict[str, Any
     log.info("roofline (%d threads): FP32 GEMM %.1f GMAC/s, INT8 %s GMAC/s (%s)", config.threads,
              roofline["fp32_gmacs"], roofline["int8_gmacs"], roofline["int8_method"])
     variants: dict[str, Any] = {}
-    measure = benchmark_variant_isolated if config.isolate else benchmark_variant
     with tqdm(total=len(specs) * len(config.batch_sizes), desc="benchmark", unit="variant x batch",
               disable=None) as bar:
         for spec in specs:
             bar.set_postfix_str(spec.name)
             try:
-                result = measure(spec, prepared_dir=prepared_dir, config=config, profile_dir=profile_dir)
+                result = measure_watched(spec, prepared_dir=prepared_dir, config=config, profile_dir=profile_dir)
             except CompileUnavailable as exc:
                 log.warning("%s skipped: %s", spec.name, exc)
                 variants[spec.name] = {"stage": spec.stage, "skipped": str(exc)}
@@ -304,8 +331,9 @@ def run_benchmark(specs: Sequence[VariantSpec], skipped: dict[str, dict[str, Any
             result["roofline_fraction"] = {b: sig(achieved_fraction(result["macs"], lat["median"], peak), 4)
                                            for b, lat in result["latency_ms"].items()}
     variants.update(skipped)
+    contended = [n for n, v in variants.items() if (v.get("load") or {}).get("contended")]
     return {"environment": environment_fingerprint(config.threads, config.device), "roofline": roofline,
-            "config": config.to_dict(), "variants": variants}
+            "config": config.to_dict(), "variants": variants, "contended": contended}
 
 
 def _main(argv: list[str]) -> int:

@@ -24,6 +24,9 @@ class BenchConfig(Settings):
     isolate: bool = True
     device: str = "cpu"  # where variants run and are timed: cpu (the edge CPU) | cuda (an edge/server GPU)
     unpruned_references: bool = True  # also time the unpruned student on the pruned model's fastest FP32/INT8 runtimes
+    max_load: float | None = 0.25  # other processes' (or stolen) CPU, in cores, above which a measurement is contended; null = off
+    retries: int = 2  # a contended measurement is repeated (after waiting up to wait_s for a quiet machine) this often
+    wait_s: float = 30.0
 
     def validate(self) -> None:
         check(is_batch_list(self.batch_sizes), "batch_sizes", self.batch_sizes,
@@ -32,6 +35,9 @@ class BenchConfig(Settings):
             check(getattr(self, key) >= low, key, getattr(self, key), f"must be an integer >= {low}")
         check(0 <= self.min_time_s <= 60, "min_time_s", self.min_time_s, "must be seconds in [0, 60]")
         check_choice(self.device, "device", DEVICES)
+        check(self.max_load is None or self.max_load > 0, "max_load", self.max_load, "must be null or cores > 0")
+        check(self.retries >= 0, "retries", self.retries, "must be an integer >= 0")
+        check(0 <= self.wait_s <= 3600, "wait_s", self.wait_s, "must be seconds in [0, 3600]")
 
 
 LATENCY_RUNTIMES = ("eager", *fp32_runtime_variants())  # where the prune stage can time a model

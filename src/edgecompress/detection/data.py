@@ -13,12 +13,14 @@ import random
 from collections import Counter
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 import torch
 
 from edgecompress import EdgecompressError
+
+MAX_LISTED = 10  # items named in one error or warning line; the rest are counted
 
 
 @dataclass
@@ -65,6 +67,21 @@ class DetectionDataset:
     def image_path(self, index: int) -> Path:
         """Path of the image at position `index`."""
         return Path(self.images_dir) / self.images[index].file_name
+
+
+def first_items(items: Sequence[Any]) -> str:
+    """The first MAX_LISTED items, comma-separated, plus how many more: keeps a message on one line."""
+    more = f" and {len(items) - MAX_LISTED} more" if len(items) > MAX_LISTED else ""
+    return ", ".join(str(item) for item in items[:MAX_LISTED]) + more
+
+
+def check_images_exist(ds: DetectionDataset, listed_by: str | Path) -> None:
+    """Raise one line naming every image of `ds` (first MAX_LISTED) that is not a file under
+    `images_dir`, and `listed_by` (what lists them), before anything opens or copies one."""
+    missing = [image.file_name for image in ds.images if not (Path(ds.images_dir) / image.file_name).is_file()]
+    if missing:
+        raise EdgecompressError(f"{listed_by}: {len(missing)} listed image(s) not found under {ds.images_dir}: "
+                                f"{first_items(missing)}")
 
 
 def subset(ds: DetectionDataset, n: int | None, seed: int) -> DetectionDataset:

@@ -22,16 +22,17 @@ from __future__ import annotations
 import contextlib
 import io
 import logging
+import math
 import xml.etree.ElementTree as ET
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Sequence
 
 import numpy as np
 import yaml
 from PIL import Image
 
 from edgecompress import EdgecompressError
-from edgecompress.detection.data import DetectionDataset, ImageAnnotation
+from edgecompress.detection.data import DetectionDataset, ImageAnnotation, check_images_exist, first_items
 from edgecompress.io import read_json, write_json, write_text
 
 logger = logging.getLogger(__name__)
@@ -52,9 +53,31 @@ def _require_dir(path: Path, what: str) -> None:
         raise EdgecompressError(f"{what} folder {path} not found")
 
 
-def _warn_skipped(count: int, source: Path) -> None:
-    if count:
-        logger.warning("%s: skipped %d box(es) with zero or negative width/height", source, count)
+def _warn_skipped(skipped: list[Any], source: Path, kind: str) -> None:
+    """One warning naming the skipped boxes (first few), so they can be found and fixed."""
+    if skipped:
+        logger.warning("%s: skipped %d box(es) with zero or negative width/height (%s %s)", source, len(skipped),
+                       kind, first_items(skipped))
+
+
+def _number(value: Any, where: str) -> float:
+    """`value` as a finite float, or one error line naming `where` it comes from and the value."""
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        number = math.nan
+    if isinstance(value, bool) or not math.isfinite(number):
+        raise EdgecompressError(f"{where} is {value!r}, expected a finite number")
+    return number
+
+
+def _coco_image(image: dict, source: Path) -> tuple[str, int, int]:
+    """(file_name, width, height) of a COCO image entry, checked."""
+    where = f"{source}: image id {image.get('id')}"
+    if not isinstance(image.get("file_name"), str) or not image["file_name"]:
+        raise EdgecompressError(f"{where} has file_name {image.get('file_name')!r}, expected an image path")
+    width, height = (int(_number(image.get(key), f"{where} {key}")) for key in ("width", "height"))
+    return image["file_name"], width, height
 
 
 # ----------------------------------------------------------------------------------------------
@@ -62,8 +85,8 @@ def _warn_skipped(count: int, source: Path) -> None:
 def load_coco(annotation_file: str | Path, images_dir: str | Path) -> DetectionDataset:
     """Load a COCO `instances_*.json` (parsed with pycocotools); images keep the file's order.
 
-    Boxes with w <= 0 or h <= 0 are skipped (counted in a warning); images without annotations
-    are kept with no boxes.
+    Boxes with w <= 0 or h <= 0 are skipped (named in a warning); images without annotations
+    are kept with no boxes. Every listed image must be a file under `images_dir`.
     """
     from pycocotools.coco import COCO
 
@@ -85,8 +108,9 @@ def load_coco(annotation_file: str | Path, images_dir: str | Path) -> DetectionD
 
     category_ids = sorted(coco.cats)
     index_of = {cat_id: index for index, cat_id in enumerate(category_ids)}
-    images, skipped = [], 0
+    images, skipped = [], []
     for image in data["images"]:
+        file_name, width, height = _coco_image(image, annotation_file)
         boxes, labels, crowd = [], [], []
         for ann in coco.imgToAnns.get(image["id"], []):
             bbox = ann.get("bbox")
@@ -96,18 +120,20 @@ def load_coco(annotation_file: str | Path, images_dir: str | Path) -> DetectionD
             if ann.get("category_id") not in index_of:
                 raise EdgecompressError(f"{annotation_file}: annotation id {ann.get('id')} has category_id "
                                         f"{ann.get('category_id')!r}, not one of the file's categories")
-            x, y, w, h = (float(v) for v in bbox)
+            where = f"{annotation_file}: annotation id {ann.get('id')} (image id {image['id']}) bbox value"
+            x, y, w, h = (_number(v, where) for v in bbox)
             if w <= 0 or h <= 0:
-                skipped += 1
+                skipped.append(ann.get("id"))
                 continue
             boxes.append([x, y, x + w, y + h])
             labels.append(index_of[ann["category_id"]])
             crowd.append(bool(ann.get("iscrowd", 0)))
-        images.append(_annotation(image["id"], image["file_name"], image["width"], image["height"],
-                                  boxes, labels, crowd))
-    _warn_skipped(skipped, annotation_file)
+        images.append(_annotation(image["id"], file_name, width, height, boxes, labels, crowd))
+    _warn_skipped(skipped, annotation_file, "annotation ids")
     classes = [str(coco.cats[cat_id]["name"]) for cat_id in category_ids]
-    return DetectionDataset(Path(images_dir), classes, images, category_ids)
+    ds = DetectionDataset(Path(images_dir), classes, images, category_ids)
+    check_images_exist(ds, annotation_file)
+    return ds
 
 
 def write_coco(ds: DetectionDataset, path: str | Path) -> None:
@@ -135,12 +161,8 @@ def _xml_text(node: ET.Element, tag: str, source: Path) -> str:
     return child.text.strip()
 
 
-def _xml_number(node: ET.Element, tag: str, source: Path) -> float:
-    text = _xml_text(node, tag, source)
-    try:
-        return float(text)
-    except ValueError:
-        raise EdgecompressError(f"{source}: <{tag}> is {text!r}, expected a number") from None
+def _xml_number(node: ET.Element, tag: str, source: Path, where: str = "") -> float:
+    return _number(_xml_text(node, tag, source), f"{source}: {where}<{tag}>")
 
 
 def _image_size(path: Path) -> tuple[int, int]:
@@ -154,58 +176,66 @@ def _image_size(path: Path) -> tuple[int, int]:
         raise EdgecompressError(f"image {path} cannot be read ({exc})") from None
 
 
+def _parse_voc_xml(xml_path: Path) -> tuple[str, int, int, list[tuple[str, list[float], bool]]]:
+    """(filename, width, height, [(name, xyxy box, difficult)]) of one VOC XML; a size of 0 = not given."""
+    try:
+        root = ET.parse(xml_path).getroot()
+    except ET.ParseError as exc:
+        raise EdgecompressError(f"{xml_path}: not valid XML ({exc})") from None
+    file_name = _xml_text(root, "filename", xml_path)
+    size = root.find("size")
+    width = int(_xml_number(size, "width", xml_path)) if size is not None else 0
+    height = int(_xml_number(size, "height", xml_path)) if size is not None else 0
+    objects = []
+    for number, obj in enumerate(root.iter("object"), start=1):
+        bndbox = obj.find("bndbox")
+        if bndbox is None:
+            raise EdgecompressError(f"{xml_path}: missing <bndbox> in <object>")
+        where = f"image {file_name} object {number} "
+        xmin, ymin, xmax, ymax = (_xml_number(bndbox, tag, xml_path, where) for tag in ("xmin", "ymin", "xmax", "ymax"))
+        difficult = obj.find("difficult")
+        is_difficult = difficult is not None and (difficult.text or "0").strip() == "1"
+        objects.append((_xml_text(obj, "name", xml_path), [xmin - 1, ymin - 1, xmax, ymax], is_difficult))
+    return file_name, width, height, objects
+
+
 def load_voc(annotations_dir: str | Path, images_dir: str | Path,
              classes: Sequence[str] | None = None) -> DetectionDataset:
     """Load Pascal VOC XML files (every *.xml under `annotations_dir`, sorted).
 
     Args:
         annotations_dir: folder of VOC XML files.
-        images_dir: folder the XMLs' <filename> is relative to.
+        images_dir: folder the XMLs' <filename> is relative to; every named image must be there.
         classes: class names in index order; None = the sorted set of names found.
     """
     annotations_dir, images_dir = Path(annotations_dir), Path(images_dir)
     _require_dir(annotations_dir, "VOC annotations")
-    parsed = []  # (xml path, filename, width, height, [(name, box, difficult)])
-    for xml_path in sorted(annotations_dir.rglob("*.xml")):
-        try:
-            root = ET.parse(xml_path).getroot()
-        except ET.ParseError as exc:
-            raise EdgecompressError(f"{xml_path}: not valid XML ({exc})") from None
-        file_name = _xml_text(root, "filename", xml_path)
-        size = root.find("size")
-        width = int(_xml_number(size, "width", xml_path)) if size is not None else 0
-        height = int(_xml_number(size, "height", xml_path)) if size is not None else 0
-        if width <= 0 or height <= 0:  # some VOC exports leave <size> empty or zero
-            width, height = _image_size(images_dir / file_name)
-        objects = []
-        for obj in root.iter("object"):
-            bndbox = obj.find("bndbox")
-            if bndbox is None:
-                raise EdgecompressError(f"{xml_path}: missing <bndbox> in <object>")
-            xmin, ymin, xmax, ymax = (_xml_number(bndbox, tag, xml_path) for tag in ("xmin", "ymin", "xmax", "ymax"))
-            difficult = obj.find("difficult")
-            is_difficult = difficult is not None and (difficult.text or "0").strip() == "1"
-            objects.append((_xml_text(obj, "name", xml_path), [xmin - 1, ymin - 1, xmax, ymax], is_difficult))
-        parsed.append((xml_path, file_name, width, height, objects))
-
+    parsed = [(xml_path, *_parse_voc_xml(xml_path)) for xml_path in sorted(annotations_dir.rglob("*.xml"))]
+    missing = [f"{name} ({xml_path.relative_to(annotations_dir).as_posix()})"
+               for xml_path, name, *_ in parsed if not (images_dir / name).is_file()]
+    if missing:
+        raise EdgecompressError(f"{annotations_dir}: {len(missing)} listed image(s) not found under {images_dir}: "
+                                f"{first_items(missing)}")
     if classes is None:
         classes = sorted({name for *_, objects in parsed for name, _, _ in objects})
     index_of = {name: index for index, name in enumerate(classes)}
-    images, skipped = [], 0
+    images, skipped = [], []
     for image_id, (xml_path, file_name, width, height, objects) in enumerate(parsed, start=1):
+        if width <= 0 or height <= 0:  # some VOC exports leave <size> empty or zero
+            width, height = _image_size(images_dir / file_name)
         boxes, labels, crowd = [], [], []
-        for name, box, is_difficult in objects:
+        for number, (name, box, is_difficult) in enumerate(objects, start=1):
             if name not in index_of:
                 raise EdgecompressError(f"{xml_path}: object name {name!r} is not one of the {len(classes)} "
                                         f"classes ({', '.join(list(classes)[:5])}{', ...' if len(classes) > 5 else ''})")
             if box[2] <= box[0] or box[3] <= box[1]:
-                skipped += 1
+                skipped.append(f"{xml_path.relative_to(annotations_dir).as_posix()} #{number}")
                 continue
             boxes.append(box)
             labels.append(index_of[name])
             crowd.append(is_difficult)
         images.append(_annotation(image_id, file_name, width, height, boxes, labels, crowd))
-    _warn_skipped(skipped, annotations_dir)
+    _warn_skipped(skipped, annotations_dir, "objects")
     return DetectionDataset(images_dir, list(classes), images, list(range(1, len(classes) + 1)))
 
 
@@ -242,9 +272,9 @@ def _image_files(images_dir: Path) -> list[Path]:
 
 
 def _parse_yolo_file(label_path: Path, num_classes: int, width: int, height: int
-                     ) -> tuple[list[list[float]], list[int], int]:
-    """Boxes (absolute xyxy), labels and the number of degenerate boxes skipped, of one txt file."""
-    boxes, labels, skipped = [], [], 0
+                     ) -> tuple[list[list[float]], list[int], list[int]]:
+    """Boxes (absolute xyxy), labels and the line numbers of degenerate boxes skipped, of one txt file."""
+    boxes, labels, skipped = [], [], []
     for line_no, line in enumerate(label_path.read_text().splitlines(), start=1):
         fields = line.split()
         if not fields:
@@ -254,15 +284,16 @@ def _parse_yolo_file(label_path: Path, num_classes: int, width: int, height: int
                                     "(class cx cy w h; segment polygons are not supported)")
         try:
             label = int(fields[0])
-            cx, cy, w, h = (float(v) for v in fields[1:])
         except ValueError:
-            raise EdgecompressError(f"{label_path}:{line_no}: {line.strip()!r} is not 'class cx cy w h' "
-                                    "(an integer and four numbers)") from None
+            raise EdgecompressError(f"{label_path}:{line_no}: class is {fields[0]!r}, expected an integer "
+                                    "(line format 'class cx cy w h')") from None
+        cx, cy, w, h = (_number(value, f"{label_path}:{line_no}: {key}")
+                        for key, value in zip(("cx", "cy", "w", "h"), fields[1:]))
         if not 0 <= label < num_classes:
             raise EdgecompressError(f"{label_path}:{line_no}: class index {label} out of range, "
                                     f"expected 0..{num_classes - 1}")
         if w <= 0 or h <= 0:
-            skipped += 1
+            skipped.append(line_no)
             continue
         boxes.append([(cx - w / 2) * width, (cy - h / 2) * height, (cx + w / 2) * width, (cy + h / 2) * height])
         labels.append(label)
@@ -280,7 +311,7 @@ def load_yolo(labels_dir: str | Path, images_dir: str | Path, classes: Sequence[
     _require_dir(labels_dir, "YOLO labels")
     if not classes:
         raise EdgecompressError("YOLO classes: empty list of class names")
-    images, skipped, used_labels = [], 0, set()
+    images, skipped, used_labels = [], [], set()
     for image_id, image_path in enumerate(_image_files(images_dir), start=1):
         relative = image_path.relative_to(images_dir)
         width, height = _image_size(image_path)
@@ -289,9 +320,9 @@ def load_yolo(labels_dir: str | Path, images_dir: str | Path, classes: Sequence[
         if label_path.is_file():
             used_labels.add(label_path)
             boxes, labels, skipped_here = _parse_yolo_file(label_path, len(classes), width, height)
-            skipped += skipped_here
+            skipped += [f"{relative.with_suffix('.txt').as_posix()}:{line_no}" for line_no in skipped_here]
         images.append(_annotation(image_id, relative.as_posix(), width, height, boxes, labels, [False] * len(labels)))
-    _warn_skipped(skipped, labels_dir)
+    _warn_skipped(skipped, labels_dir, "label lines")
     orphans = [p for p in labels_dir.rglob("*.txt") if p not in used_labels]
     if orphans:
         logger.warning("%s: %d label file(s) have no image in %s (e.g. %s)", labels_dir, len(orphans),

@@ -1,14 +1,19 @@
 """Object detectors of the detection pipeline, from local files only: the one explicit import of
-original YOLOv5 checkpoints, `Detector` (and `RawHead`, the raw head output its compressed variants
-export and prune), and one loader per detector family.
+foreign pickled checkpoints (original YOLOv5, ultralytics), `Detector` (and `RawHead`, the raw head
+output its compressed variants export and prune), and one loader per detector family.
+
+One unpickling policy: YOLOv5 and ultralytics checkpoints are pickled model objects (code runs when
+they load). `import_checkpoint` (stage detect_import) is the one explicit step that unpickles a
+checkpoint the user names and trusts (`detection.import.source`, sha256 recorded) and writes a plain
+file: {model config dict, class names, strides, state dict}. Every other load is `weights_only=True`:
+the loaders rebuild the network from the config and load the state dict; a pickle given as `weights`
+is refused with one line pointing at detect_import.
 
 Families (their facts are data in `detection.families`; each has a loader here, `@loader(<family>)`):
-- `yolov5`: original YOLOv5 checkpoints (the reference study's models). They are pickled model objects
-  from the YOLOv5 code base, which `torch.load(weights_only=True)` refuses. `import_yolov5` is the one
-  explicit step that unpickles a checkpoint the user trusts, with the `yolov5` package's classes, and
-  writes a plain file: {model config dict, class names, state dict}. Its loader rebuilds the network
-  from the config and loads the state dict with `weights_only=True`.
-- `ultralytics`: any ultralytics weights file (its own loader) or model yaml (random weights).
+- `yolov5`: imported original YOLOv5 checkpoints (the reference study's models), rebuilt with the
+  `yolov5` package's `DetectionModel`.
+- `ultralytics`: imported ultralytics weights (yolov8, yolo11 ...), rebuilt with
+  `ultralytics.nn.tasks.DetectionModel`; or a model yaml (random weights).
 - `torchvision`: SSD300-VGG16, SSDlite, Faster R-CNN (ResNet-50 FPN / MobileNetV3) builders, with
   weights from a local state-dict file or random.
 
@@ -38,7 +43,24 @@ from edgecompress.io import load_torch, save_torch
 
 log = logging.getLogger(__name__)
 
-IMPORT_FORMAT = "edgecompress-yolov5-v1"
+
+class Importable(NamedTuple):
+    """How detect_import reads a family's pickled checkpoints and tags the safe file it writes."""
+
+    format: str  # the safe file's "format" tag
+    label: str  # name in messages
+    package: str  # module that defines the classes its pickles name
+    needs: str  # how to get that package
+    example: str  # a checkpoint it imports
+
+
+IMPORTS = {
+    "yolov5": Importable("edgecompress-yolov5-v1", "YOLOv5", "yolov5.models.yolo",
+                         "the `yolov5` package (pip install yolov5; it imports pkg_resources, so setuptools<81)",
+                         "yolov5n.pt from the ultralytics/yolov5 releases"),
+    "ultralytics": Importable("edgecompress-ultralytics-v1", "ultralytics", "ultralytics.nn.tasks",
+                              "the `ultralytics` package", "yolov8n.pt or yolo11n.pt from the ultralytics/assets releases"),
+}  # the families detect_import reads (`Family.imported`)
 RANDOM_WEIGHTS = "random weights"  # Detector.weights of a randomly initialised model
 TORCHVISION_DETECTORS = ("ssd300_vgg16", "ssdlite320_mobilenet_v3_large", "fasterrcnn_resnet50_fpn",
                          "fasterrcnn_mobilenet_v3_large_fpn", "fasterrcnn_mobilenet_v3_large_320_fpn")
@@ -171,8 +193,8 @@ class RawHead(nn.Module):
 
 
 # ----------------------------------------------------------------------------------------------
-# yolov5: the explicit import of original checkpoints, and the loader of the imported file
-def _quiet_yolov5() -> None:
+# detect_import: the one explicit unpickling of a trusted checkpoint, and the safe file it writes
+def _quiet_yolo() -> None:
     for package in ("yolov5", "ultralytics"):
         logging.getLogger(package).setLevel(logging.WARNING)
 
@@ -185,66 +207,123 @@ def _sha256(path: str | Path) -> str:
     return digest.hexdigest()
 
 
-def import_yolov5(source: str | Path, out: str | Path) -> dict[str, Any]:
-    """Unpickle a trusted original YOLOv5 checkpoint once and write it as a safe-to-load file.
+def _unpickler_classes(family: str) -> None:
+    """Import the package whose classes the family's pickles name (yolov5's puts its `models` on sys.path)."""
+    try:
+        importlib.import_module(IMPORTS[family].package)
+    except ImportError as exc:
+        raise EdgecompressError(f"detect_import of {IMPORTS[family].label} weights needs {IMPORTS[family].needs}: "
+                                f"{exc}") from None
+    _quiet_yolo()
+
+
+def imported_payload(model: nn.Module, family: str, classes: Sequence[str], source: dict[str, Any]) -> dict[str, Any]:
+    """The safe file's content for a YOLO network of an imported family: model config dict, class names,
+    strides and state dict (tensors and plain types only: loads with weights_only=True). `model` is made
+    float32 in place (checkpoints ship half precision)."""
+    state = {k: v.detach().cpu() for k, v in model.float().state_dict().items()}
+    return {"format": IMPORTS[family].format, "yaml": copy.deepcopy(model.yaml), "classes": list(classes),
+            "stride": [float(s) for s in model.stride], "state_dict": state, "source": source}
+
+
+def import_checkpoint(source: str | Path, out: str | Path, family: str = "yolov5") -> dict[str, Any]:
+    """Unpickle a trusted checkpoint of an imported family (yolov5, ultralytics) once and write it as a
+    safe-to-load file (`imported_payload`).
 
     This is the only place where edgecompress loads a pickle with `weights_only=False`: the file is
     named explicitly by the user (`detection.import.source`), and its sha256 is recorded.
 
     Returns:
-        {"source", "sha256", "out", "classes", "params", "stride"}.
+        {"source", "family", "sha256", "out", "classes", "params", "stride"}.
     Raises:
-        EdgecompressError: missing file, or a file that is not a YOLOv5 detection checkpoint.
+        EdgecompressError: missing file, or a file that is not a detection checkpoint of that family.
     """
     source = Path(source)
+    if family not in IMPORTS:
+        raise EdgecompressError(f"detection.import.family={family!r} is invalid: allowed: {', '.join(IMPORTS)}")
+    label = IMPORTS[family].label
     if not source.is_file():
-        raise EdgecompressError(f"detection.import.source={str(source)!r} not found: expected an original YOLOv5 "
-                                "checkpoint (e.g. yolov5n.pt from the ultralytics/yolov5 releases) at that path")
-    try:
-        importlib.import_module("yolov5.models.yolo")  # puts YOLOv5's `models` package on sys.path for the pickle
-    except ImportError as exc:
-        raise EdgecompressError(f"detect_import needs the `yolov5` package (pip install yolov5; it imports "
-                                f"pkg_resources, so setuptools<81): {exc}") from None
-    _quiet_yolov5()
+        raise EdgecompressError(f"detection.import.source={str(source)!r} not found: expected an original {label} "
+                                f"checkpoint (e.g. {IMPORTS[family].example}) at that path")
+    _unpickler_classes(family)
     try:
         ckpt = torch.load(source, map_location="cpu", weights_only=False)  # trusted by the user: see docstring
     except Exception as exc:  # noqa: BLE001 - unpickling raises many types
-        raise EdgecompressError(f"{source}: not a loadable YOLOv5 checkpoint ({first_line(exc, 160)})") from None
+        raise EdgecompressError(f"{source}: not a loadable {label} checkpoint ({first_line(exc, 160)})") from None
     model = ckpt.get("ema") or ckpt.get("model") if isinstance(ckpt, dict) else None
     if model is None or not hasattr(model, "yaml") or not hasattr(model, "names"):
-        raise EdgecompressError(f"{source}: not a YOLOv5 detection checkpoint (no 'model' with yaml and names)")
-    model = model.float()
+        raise EdgecompressError(f"{source}: not a {label} detection checkpoint (no 'model' with yaml and names)")
     names = model.names
     classes = [names[i] for i in range(len(names))] if isinstance(names, dict) else list(names)
-    payload = {"format": IMPORT_FORMAT, "yaml": copy.deepcopy(model.yaml), "classes": classes,
-               "stride": [float(s) for s in model.stride], "state_dict": model.state_dict(),
-               "source": {"path": str(source), "sha256": _sha256(source)}}
+    record = {"path": str(source), "sha256": _sha256(source)}
+    payload = imported_payload(model, family, classes, record)
     save_torch(out, payload)
-    info = {"source": str(source), "sha256": payload["source"]["sha256"], "out": str(out), "classes": len(classes),
-            "params": sum(p.numel() for p in model.parameters()), "stride": payload["stride"]}
+    info = {"source": str(source), "family": family, "sha256": record["sha256"], "out": str(out),
+            "classes": len(classes), "params": sum(p.numel() for p in model.parameters()), "stride": payload["stride"]}
     log.info("imported %s -> %s (%d classes, %d parameters)", source, out, info["classes"], info["params"])
     return info
 
 
-def read_imported(path: str | Path) -> dict[str, Any]:
-    """The payload of a file `import_yolov5` wrote (loaded with weights_only=True)."""
-    payload = load_torch(path, "imported YOLOv5 model")
-    if not isinstance(payload, dict) or payload.get("format") != IMPORT_FORMAT:
-        raise EdgecompressError(f"{path}: not a file written by detect_import (format {IMPORT_FORMAT}); "
+def import_yolov5(source: str | Path, out: str | Path) -> dict[str, Any]:
+    """`import_checkpoint` of an original YOLOv5 checkpoint."""
+    return import_checkpoint(source, out, "yolov5")
+
+
+def import_ultralytics(source: str | Path, out: str | Path) -> dict[str, Any]:
+    """`import_checkpoint` of ultralytics weights (yolov8 / yolo11 ... `.pt`)."""
+    return import_checkpoint(source, out, "ultralytics")
+
+
+def read_imported(path: str | Path, family: str = "yolov5") -> dict[str, Any]:
+    """The payload of a file detect_import wrote for `family` (loaded with weights_only=True).
+
+    Raises:
+        EdgecompressError: a full pickle (e.g. the original checkpoint itself) or another file, naming
+            detect_import as the way in.
+    """
+    expected = IMPORTS[family].format
+    try:
+        payload = load_torch(path, f"imported {family} model")
+    except EdgecompressError:
+        if _names_code(path):
+            raise EdgecompressError(f"{path}: a full pickle (it can run code when loaded); only the detect_import "
+                                    f"stage reads those: set detection.import.source to this file with "
+                                    f"detection.import.family: {family}, and weights to its out file") from None
+        raise
+    if not isinstance(payload, dict) or payload.get("format") != expected:
+        raise EdgecompressError(f"{path}: not a file written by detect_import (format {expected}); "
                                 "run the detect_import stage on the original checkpoint")
     return payload
+
+
+def _names_code(path: str | Path) -> bool:
+    """Whether `path` is a pickle naming classes outside torch's safe list (read without unpickling it)."""
+    try:
+        return bool(torch.serialization.get_unsafe_globals_in_checkpoint(path))
+    except Exception:  # noqa: BLE001 - not a torch zip file at all
+        return False
+
+
+def _rebuild(payload: dict[str, Any], path: str | Path, build: Callable[[dict, int], nn.Module]) -> nn.Module:
+    """`build(config, nc)` with the imported file's state dict loaded strictly, in eval mode."""
+    with contextlib.redirect_stdout(io.StringIO()):
+        model = build(copy.deepcopy(payload["yaml"]), len(payload["classes"]))
+    try:
+        model.load_state_dict(payload["state_dict"], strict=True)
+    except RuntimeError as exc:
+        raise EdgecompressError(f"{path}: weights do not fit the network its config builds "
+                                f"({first_line(exc, 120)})") from None
+    return model.eval()
 
 
 @loader("yolov5")
 def load_yolov5(spec: DetectorParams, dataset_classes: Sequence[str], *, fuse: bool) -> Loaded:
     """The network of an imported YOLOv5 file; Conv+BN fused (as YOLOv5 runs inference) with `fuse`."""
-    payload = read_imported(spec.weights)
+    payload = read_imported(spec.weights, "yolov5")
     from yolov5.models.yolo import DetectionModel
 
-    _quiet_yolov5()
-    with contextlib.redirect_stdout(io.StringIO()):
-        model = DetectionModel(cfg=copy.deepcopy(payload["yaml"]), ch=3, nc=len(payload["classes"]))
-    model.load_state_dict(payload["state_dict"], strict=True)
+    _quiet_yolo()
+    model = _rebuild(payload, spec.weights, lambda cfg, nc: DetectionModel(cfg=cfg, ch=3, nc=nc))
     if fuse:
         model = fuse_network(model)
     return Loaded(model.eval(), list(payload["classes"]), str(spec.weights), spec.arch or Path(spec.weights).stem)
@@ -254,23 +333,23 @@ def load_yolov5(spec: DetectorParams, dataset_classes: Sequence[str], *, fuse: b
 # ultralytics and torchvision
 @loader("ultralytics")
 def load_ultralytics(spec: DetectorParams, dataset_classes: Sequence[str], *, fuse: bool) -> Loaded:
-    """An ultralytics weights file (its own loader), or the model yaml `arch` with random weights."""
-    arch = spec.arch or Path(spec.weights).stem
-    with contextlib.redirect_stdout(io.StringIO()):
-        if spec.weights:
-            from ultralytics import YOLO
+    """An imported ultralytics file (detect_import's, or detect_train's output) rebuilt from its model
+    config, or the model yaml `arch` with random weights. `YOLO(<.pt>)` is never called: it unpickles."""
+    from ultralytics.nn.tasks import DetectionModel
 
-            model = YOLO(spec.weights).model.float()
-            names = model.names
-            return Loaded(model, [names[i] for i in range(len(names))], spec.weights, arch)
-        from ultralytics.nn.tasks import DetectionModel
-
-        try:
+    _quiet_yolo()
+    if spec.weights:
+        payload = read_imported(spec.weights, "ultralytics")
+        model = _rebuild(payload, spec.weights, lambda cfg, nc: DetectionModel(cfg=cfg, nc=nc, verbose=False))
+        model.names = dict(enumerate(payload["classes"]))  # what ultralytics' own loader gives (its trainer remaps by it)
+        return Loaded(model, list(payload["classes"]), str(spec.weights), spec.arch or Path(spec.weights).stem)
+    try:
+        with contextlib.redirect_stdout(io.StringIO()):
             model = DetectionModel(cfg=spec.arch, nc=len(dataset_classes), verbose=False)
-        except FileNotFoundError:
-            raise EdgecompressError(f"arch={spec.arch!r}: no such ultralytics model yaml (e.g. yolov8n.yaml, "
-                                    "yolo11n.yaml)") from None
-    return Loaded(model, list(dataset_classes), RANDOM_WEIGHTS, arch)
+    except FileNotFoundError:
+        raise EdgecompressError(f"arch={spec.arch!r}: no such ultralytics model yaml (e.g. yolov8n.yaml, "
+                                "yolo11n.yaml)") from None
+    return Loaded(model, list(dataset_classes), RANDOM_WEIGHTS, spec.arch)
 
 
 @loader("torchvision")

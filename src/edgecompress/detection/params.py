@@ -44,13 +44,13 @@ class DetectionDataParams(Settings):
 class DetectorParams(Settings):
     """One detector: its family, architecture and local weights (null = random initialisation)."""
 
-    family: str = "yolov5"  # families.FAMILIES: yolov5 (imported original checkpoint) | ultralytics | torchvision
+    family: str = "yolov5"  # families.FAMILIES: yolov5 | ultralytics (detect_import's file or a yaml) | torchvision
     arch: str | None = None  # ultralytics model yaml (yolov8n.yaml) | torchvision builder (ssdlite320_mobilenet_v3_large)
     weights: str | None = "models/yolov5n.safe.pt"  # local file; null = random weights (labelled)
 
     def validate(self) -> None:
         check_choice(self.family, "family", FAMILIES)
-        if FAMILIES[self.family].imported:
+        if not FAMILIES[self.family].random_init:
             check(bool(self.weights), "weights", self.weights,
                   f"family {self.family} needs the file detect_import wrote")
         else:
@@ -60,10 +60,15 @@ class DetectorParams(Settings):
 
 @dataclass(frozen=True)
 class DetectionImportParams(Settings):
-    """detect_import: the one step that unpickles a trusted original YOLOv5 checkpoint."""
+    """detect_import: the one step that unpickles a trusted checkpoint (an original YOLOv5 one or ultralytics
+    weights) and writes it as a file every later stage loads with weights_only=True."""
 
     source: str = "../../../shared/weights/yolov5n.pt"
     out: str = "models/yolov5n.safe.pt"
+    family: str = "yolov5"  # whose checkpoint `source` is: an imported family (yolov5 | ultralytics)
+
+    def validate(self) -> None:
+        check_choice(self.family, "family", [name for name, facts in FAMILIES.items() if facts.imported])
 
 
 @dataclass(frozen=True)

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from edgecompress import EdgecompressError
-from edgecompress.detection.data import DetectionDataset, outside, subset
+from edgecompress.detection.data import DetectionDataset, check_images_exist, outside, subset
 from edgecompress.detection.formats import (load_coco, load_voc, load_yolo, read_class_names, write_class_names,
                                             write_coco, write_voc, write_yolo)
 from edgecompress.detection.params import FORMATS
@@ -99,7 +99,9 @@ def split_source(source: DetectionDataset, *, subset_images: int | None, train_i
 
 def write_subset(ds: DetectionDataset, out_dir: str | Path) -> None:
     """`ds` as a self-contained folder, replaced as a whole (`io.atomic_dir`): its images copied to
-    `images/`, the boxes as COCO `annotations.json`, YOLO `labels/`, VOC `voc/` and `classes.txt`."""
+    `images/`, the boxes as COCO `annotations.json`, YOLO `labels/`, VOC `voc/` and `classes.txt`.
+    Every image is checked to exist first, so a missing one is named (all of them) before anything is written."""
+    check_images_exist(ds, f"the data set to write to {out_dir}")
     with atomic_dir(out_dir) as tmp:
         for image in ds.images:
             target = tmp / SUBSET_IMAGES / image.file_name

@@ -2,10 +2,13 @@
 evaluation subset), with per-epoch losses and mAP logged (dvclive).
 
 Two routes, by family (`Family.trainer`):
-- `ultralytics`: ultralytics' own trainer (`YOLO.train`: its data loader, augmentation, loss, EMA and
-  validator), given a data set folder in YOLO txt format. Its per-epoch losses and validation mAP go to
-  our logger through a callback; its built-in DVCLive integration is switched off in this process so
-  that one writer logs the run.
+- `ultralytics`: ultralytics' own trainer (`DetectionTrainer`, what `YOLO.train` runs: its data loader,
+  augmentation, loss, EMA and validator), given a data set folder in YOLO txt format. It starts from
+  the detector's network (rebuilt from detect_import's safe file, or a yaml's random one) and its
+  last-epoch EMA weights are written in that safe format: no ultralytics pickle is loaded (its final
+  re-validation of best.pt and its CUDA AMP check, which downloads and unpickles yolo26n.pt, are
+  skipped). Its per-epoch losses and validation mAP go to our logger through a callback; its built-in
+  DVCLive integration is switched off in this process so that one writer logs the run.
 - `loop` (original YOLOv5 checkpoints, which ultralytics' trainer cannot load, and torchvision): one
   loop, `fit_detector`, with the family's loss (`detection.losses`): YOLOv5's `ComputeLoss` (from the
   `yolov5` package, with its default hyper-parameters scaled as its train script scales them) or the
@@ -23,12 +26,11 @@ from __future__ import annotations
 import contextlib
 import copy
 import logging
-import shutil
 import tempfile
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -40,8 +42,8 @@ from edgecompress.detection.data import DetectionDataset
 from edgecompress.detection.formats import write_yolo
 from edgecompress.detection.inference import image_tensor, letterbox
 from edgecompress.detection.losses import LOSSES
-from edgecompress.detection.models import (Detector, fuse_network, load_detector, read_imported,
-                                           unfused_network)
+from edgecompress.detection.models import (Detector, fuse_network, imported_payload, load_detector,
+                                           read_imported, unfused_network)
 from edgecompress.detection.params import OPTIMIZERS, DetectionTrainParams, DetectorParams
 from edgecompress.io import read_image, save_torch
 from edgecompress.runtime import seed_everything
@@ -224,22 +226,57 @@ def _disable_ultralytics_dvclive() -> None:
         dvc_callbacks.callbacks = {}
 
 
-def train_ultralytics(detector: Detector, train_ds: DetectionDataset, val_ds: DetectionDataset, out: str | Path, *, epochs: int,
-                      batch_size: int, workers: int, optimizer: str, lr: float, momentum: float,
+@contextlib.contextmanager
+def _no_amp_check() -> Iterator[None]:
+    """ultralytics' AMP check (CUDA) downloads yolo26n.pt and loads it with `YOLO(path)`, a full unpickling of
+    a foreign file: skipped, AMP left on (what the check concludes when it cannot download)."""
+    import ultralytics.engine.trainer as engine
+
+    original = engine.check_amp
+    engine.check_amp = lambda *args, **kwargs: True
+    try:
+        yield
+    finally:
+        engine.check_amp = original
+
+
+def _ultralytics_trainer(detector: Detector, data_yaml: Path, runs: Path, *, epochs: int, batch_size: int,
+                         workers: int, optimizer: str, lr: float, momentum: float, weight_decay: float, hflip: float,
+                         seed: int, device: torch.device) -> Any:
+    """ultralytics' `DetectionTrainer` set up as `YOLO.train` sets it up for a loaded model (a network of the
+    data set's class count, weights transferred by name), starting from `detector`'s network, not a file."""
+    from ultralytics.models.yolo.detect import DetectionTrainer
+
+    config = copy.deepcopy(detector.model.yaml)
+    args = {"model": config.get("yaml_file") or detector.arch, "task": "detect", "mode": "train",
+            "data": str(data_yaml), "epochs": epochs, "imgsz": detector.imgsz, "batch": batch_size,
+            "workers": workers, "optimizer": {"sgd": "SGD", "adamw": "AdamW"}[optimizer], "lr0": lr,
+            "momentum": momentum, "weight_decay": weight_decay, "fliplr": hflip, "seed": seed, "deterministic": True,
+            "device": "cpu" if device.type == "cpu" else device.index or 0, "project": str(runs), "name": "train",
+            "exist_ok": True, "plots": False, "amp": device.type == "cuda", "verbose": False, "cos_lr": True,
+            "val": True}
+    trainer = DetectionTrainer(overrides=args)
+    start = None if detector.random_weights else unfused_network(detector)
+    trainer.model = trainer.get_model(cfg=config, weights=start, verbose=False)
+    trainer.final_eval = lambda: None  # re-validates best.pt (unpickling it); the last epoch is kept, not the best
+    return trainer
+
+
+def train_ultralytics(detector: Detector, train_ds: DetectionDataset, val_ds: DetectionDataset, out: str | Path, *,
+                      epochs: int, batch_size: int, workers: int, optimizer: str, lr: float, momentum: float,
                       weight_decay: float, hflip: float, seed: int, device: torch.device,
                       logger: Logger | None = None) -> dict[str, Any]:
-    """Fine-tune an ultralytics model with ultralytics' trainer and copy its last checkpoint to `out`.
+    """Fine-tune an ultralytics detector with ultralytics' trainer and write its last-epoch EMA weights
+    (what its last.pt holds, in float32) to `out` in detect_import's safe format.
 
-    The starting point is `detector.weights` (an ultralytics .pt), or the model yaml `detector.arch`
-    for random weights. Its validation split is `val_ds` (monitoring only: the last epoch is kept).
+    The starting point is `detector`'s network (detect_import's file, or the yaml `detector.arch` with
+    random weights). Its validation split is `val_ds` (monitoring only: the last epoch is kept).
     """
-    from ultralytics import YOLO
-
     _disable_ultralytics_dvclive()
     history: list[dict[str, Any]] = []
 
     def on_fit_epoch_end(trainer: Any) -> None:
-        if trainer.epoch >= epochs:  # ultralytics' final validation of its best checkpoint calls this again
+        if trainer.epoch >= epochs:  # ultralytics' final validation of its best checkpoint (skipped here) calls this
             return
         losses = trainer.label_loss_items(trainer.tloss, prefix="train")
         metrics = trainer.metrics or {}
@@ -260,22 +297,18 @@ def train_ultralytics(detector: Detector, train_ds: DetectionDataset, val_ds: De
         _yolo_folder(val_ds, scratch / "val")
         names = "\n".join(f"  {i}: {name!r}" for i, name in enumerate(train_ds.classes))
         (scratch / "data.yaml").write_text(f"path: {scratch}\ntrain: train/images\nval: val/images\nnames:\n{names}\n")
-        model = YOLO(detector.weights if not detector.random_weights else detector.arch)
-        model.add_callback("on_fit_epoch_end", on_fit_epoch_end)
-        model.train(data=str(scratch / "data.yaml"), epochs=epochs, imgsz=detector.imgsz, batch=batch_size,
-                    workers=workers, optimizer={"sgd": "SGD", "adamw": "AdamW"}[optimizer], lr0=lr,
-                    momentum=momentum, weight_decay=weight_decay, fliplr=hflip, seed=seed, deterministic=True,
-                    device="cpu" if device.type == "cpu" else device.index or 0, project=str(scratch / "runs"),
-                    name="train", exist_ok=True, plots=False, amp=device.type == "cuda", verbose=False,
-                    cos_lr=True, val=True)
-        last = scratch / "runs" / "train" / "weights" / "last.pt"
-        if not last.is_file():
-            raise EdgecompressError(f"ultralytics training wrote no checkpoint ({last})")
-        out = Path(out)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = out.with_name(out.name + ".tmp")
-        shutil.copyfile(last, tmp)
-        tmp.replace(out)
+        trainer = _ultralytics_trainer(detector, scratch / "data.yaml", scratch / "runs", epochs=epochs,
+                                       batch_size=batch_size, workers=workers, optimizer=optimizer, lr=lr,
+                                       momentum=momentum, weight_decay=weight_decay, hflip=hflip, seed=seed,
+                                       device=device)
+        trainer.add_callback("on_fit_epoch_end", on_fit_epoch_end)
+        with _no_amp_check():
+            trainer.train()
+    if trainer.ema is None:
+        raise EdgecompressError("ultralytics training produced no model (no epoch ran)")
+    trained = copy.deepcopy(trainer.ema.ema).float().cpu()
+    source = {"fine_tuned_from": detector.weights if not detector.random_weights else detector.arch}
+    save_torch(out, imported_payload(trained, "ultralytics", train_ds.classes, source))
     return {"epochs": epochs, "images": len(train_ds.images), "dropped_boxes": 0,
             "seconds": round(time.perf_counter() - start, 1), "history": history}
 
@@ -286,7 +319,7 @@ def save_trained(detector: Detector, out: str | Path, *, base: str | Path) -> No
     started from), others (torchvision) -> a state dict."""
     state = {k: v.detach().cpu() for k, v in detector.model.state_dict().items()}
     if detector.facts.imported:
-        payload = dict(read_imported(base))
+        payload = dict(read_imported(base, detector.family))
         payload.update(state_dict=state, yaml=copy.deepcopy(detector.model.yaml),
                        source={**payload.get("source", {}), "fine_tuned_from": str(base)})
         save_torch(out, payload)
@@ -296,7 +329,7 @@ def save_trained(detector: Detector, out: str | Path, *, base: str | Path) -> No
 
 # ----------------------------------------------------------------------------------------------
 # detect_train: the family's route
-TRAINER_LABELS = {"ultralytics": "ultralytics YOLO.train", "loop": "edgecompress fit_detector"}
+TRAINER_LABELS = {"ultralytics": "ultralytics DetectionTrainer", "loop": "edgecompress fit_detector"}
 
 
 @dataclass

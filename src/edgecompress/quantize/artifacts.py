@@ -9,6 +9,7 @@ It writes the artifact to `path` itself (ONNX) or returns the torch model to be 
 
 from __future__ import annotations
 
+import hashlib
 import os
 import tempfile
 from dataclasses import dataclass
@@ -220,6 +221,18 @@ def weights_payload_bytes(path: str | Path) -> int:
     return _runtime(path).weights_bytes(Path(path))
 
 
+def artifact_sha256(path: str | Path) -> str:
+    """Content hash of an artifact's file(s) (an OpenVINO IR: its `.xml` then its `.bin`), recorded when the
+    quantize stage measures it and verified by every later load (`bench.chain.load_predict`)."""
+    path = Path(path)
+    digest = hashlib.sha256()
+    for part in (path, path.with_suffix(".bin")) if path.suffix == ".xml" else (path,):
+        with part.open("rb") as handle:
+            for block in iter(lambda: handle.read(1 << 20), b""):
+                digest.update(block)
+    return digest.hexdigest()
+
+
 def artifact_bytes(path: str | Path) -> int:
     """A file's size on disk; for an OpenVINO IR, its `.xml` and `.bin` together."""
     runtime = _RUNTIMES.get(Path(path).suffix)
@@ -244,7 +257,7 @@ def measure_variant(variant: BuiltVariant, *, evaluate_fn: Any, fp32: dict[str, 
         "agreement_with_fp32": round((test["preds"] == fp32["preds"]).float().mean().item(), 6),
         "size_mb": round(size, 4), "weights_mb": round(weights_payload_bytes(path) / 1e6, 4),
         "size_ratio_vs_fp32": round(size / fp32_size_mb, 4),
-        "artifact": path.name, "layers": artifact_layer_summary(path, variant.model),
+        "artifact": path.name, "sha256": artifact_sha256(path), "layers": artifact_layer_summary(path, variant.model),
         "settings": variant.settings}
 
 

@@ -15,6 +15,7 @@ from typing import Any, Sequence
 import torch
 import torch.nn as nn
 
+from edgecompress import EdgecompressError
 from edgecompress.config import check_choice
 from edgecompress.io import atomic_path, publish
 from edgecompress.quantize.common import batches, quiet
@@ -51,10 +52,27 @@ class OnnxModel(nn.Module):
         self.path, self.threads = str(path), threads
         self.session = ort_session(path, threads=threads)
         self.input_name = self.session.get_inputs()[0].name
+        self.input_shape = self.session.get_inputs()[0].shape  # ints, or names for dynamic dimensions
+        self._checked: tuple[int, ...] | None = None  # the last input shape validated (checked once per shape)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if tuple(x.shape) != self._checked:
+            self._check_input(x)
         (out,) = self.session.run(None, {self.input_name: x.float().cpu().contiguous().numpy()})
         return torch.from_numpy(out)
+
+    def _check_input(self, x: torch.Tensor) -> None:
+        """One line instead of ONNX Runtime's error for a wrong rank or size, and a refusal of integer
+        images, which would otherwise run as unnormalised floats and give confident wrong answers."""
+        if not x.is_floating_point():
+            raise EdgecompressError(f"{self.path}: input dtype {x.dtype} is invalid: expects float images normalised "
+                                    "with the data set's mean/std (as the model was trained), not raw pixels")
+        want = ["N" if not isinstance(d, int) else d for d in self.input_shape]
+        fits = len(want) == x.ndim and all(not isinstance(d, int) or d == got for d, got in zip(want, x.shape))
+        if not fits:
+            raise EdgecompressError(f"{self.path}: input shape {tuple(x.shape)} is invalid: expects "
+                                    f"({', '.join(map(str, want))}) (N: any batch size)")
+        self._checked = tuple(x.shape)
 
 
 def export_onnx(model: nn.Module, example_inputs: Any, path: str | Path) -> None:

@@ -14,7 +14,7 @@ from typing import Any, Mapping
 from edgecompress import EdgecompressError
 from edgecompress.io import write_text
 from edgecompress.markdown import cell, markdown_table, percent, relative_link, signed_points, thousands, times
-from edgecompress.report.chain_metrics import (batch_keys, latency, load_metrics, measured_entry, ordered_variants,
+from edgecompress.report.chain_metrics import (batch_keys, contention_lines, latency, load_metrics, measured_entry, ordered_variants,
                                                gate_note, performance_goals, ratio, same_runtime_speedups,
                                                speedups)
 from edgecompress.report.chain_plots import PLOT_FILES
@@ -366,6 +366,7 @@ def _environment(r: _Report) -> list[str]:
                 + (f", FP16 {_gmacs(roof['fp16_gmacs'])}" if roof.get("fp16_gmacs") else "")
                 + f", INT8 {_gmacs(roof.get('int8_gmacs'))}"
                 + (f" ({roof['int8_method']})" if roof.get("int8_method") else "") + ".", ""]
+    out += contention_lines(bench, r.notes)
     cuda = env.get("device") == "cuda"
     rows = []
     for name in ordered_variants(bench):

@@ -186,3 +186,18 @@ def performance_goals(bench: dict) -> dict:
             f"runtime ({realised.get('variant') or 'none measured'}, batch 8)", realised.get("variant"),
             realised.get("unpruned"), at_least=0.7),
     }
+
+
+def contention_lines(bench: dict, notes: list[str]) -> list[str]:
+    """Which variants were measured while other processes took the CPU (bench.max_load), with how much."""
+    limit = bench.get("config", {}).get("max_load")
+    if limit is None:
+        return ["Contention was not monitored (bench.max_load: null).", ""]
+    flagged = [(n, bench["variants"][n]["load"]) for n in bench.get("contended", []) if n in bench["variants"]]
+    if not flagged:
+        return [f"Every variant was measured on a quiet machine (other processes and stolen CPU ≤ {limit} cores).", ""]
+    text = ", ".join(f"`{n}` ({load.get('other_cpu_cores')} cores other, {load.get('steal_cores')} stolen, "
+                     f"{load.get('attempts')} attempts)" for n, load in flagged)
+    notes.append(f"Measured under contention (other processes or stolen CPU above bench.max_load = {limit} cores "
+                 f"after every retry): {text}. Their latencies are not comparable; re-run on a quiet machine.")
+    return [f"**Under contention** (> {limit} cores of other processes or stolen CPU): {text}.", ""]
