@@ -20,8 +20,11 @@ $(STAMP): requirements.txt requirements-weights.txt pyproject.toml
 run: install  ## install, then run the whole pipeline on the embedded default data
 	$(BIN)/dvc repro
 
-zoo: install  ## install, then the zoo pipeline (pretrained ImageNet models; CIFAR-100 fine-tuning if its data is there)
-	$(BIN)/dvc repro --keep-going pipelines/zoo/dvc.yaml
+zoo: install  ## install, then the zoo pipeline (pretrained ImageNet models from ../shared by default)
+	$(BIN)/dvc repro pipelines/zoo/dvc.yaml
+
+finetune: install  ## install, then the opt-in fine-tuning pipeline (needs CIFAR-100 in pipelines/finetune/data/cifar100)
+	$(BIN)/dvc repro pipelines/finetune/dvc.yaml
 
 detection: install  ## install, then the detection pipeline (COCO subset + yolov5n from ../shared by default)
 	$(BIN)/dvc repro pipelines/detection/dvc.yaml

@@ -8,14 +8,14 @@ from edgecompress.data import prepare_dataset
 from edgecompress.runtime import seed_everything
 from edgecompress.stage import read_params, run_stage, stage_args
 from edgecompress.zoo.finetune import pretrained_classifier, resolve_finetune_weights, unfreeze_batchnorm
-from edgecompress.zoo.params import ZooPipelineParams
+from edgecompress.zoo.params import FinetunePipelineParams
 
 STAGE = "finetune_cifar100"
 
 
 def main() -> None:
     args = stage_args(__doc__, {**TRAIN_STAGE_PATHS, "data": "directory for the prepared split cache (written)"})
-    ft = read_params(args.params, ZooPipelineParams).finetune
+    ft = read_params(args.params, FinetunePipelineParams).finetune
     if ft.train.nproc > 1:
         raise EdgecompressError(f"finetune.train.nproc={ft.train.nproc} is invalid: this stage trains in one process "
                                 "(its data preparation is not shared between ranks yet); use 1")

@@ -22,7 +22,7 @@ TINY_PARAMS = {
     "teacher": {"epochs": 1},
     "student": {"epochs": 1},
     # eager timing of the prune steps (the exported runtimes have unit tests): no export per step
-    "prune": {"finetune_epochs": 1, "latency": {"runtime": "eager"}},
+    "prune": {"finetune_epochs": 1, "latency": {"runtime": "eager", "warmup": 1, "repeats": 3, "min_time_s": 0}},
     # fbgemm/qnnpack engines and fp16 take the same paths as ptq_x86 through the stages (their kernels have
     # unit tests): leaving them out keeps the end-to-end test's repeated quantize/benchmark runs short.
     # No float-fallback search in the end-to-end runs (a 1-epoch model may exceed the budget): tests/test_quantize_gate.py.

@@ -16,7 +16,7 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 SRC = ROOT / "src"
 PACKAGE = SRC / "edgecompress"
-DVC_FILES = ("dvc.yaml", "pipelines/zoo/dvc.yaml", "pipelines/detection/dvc.yaml")
+DVC_FILES = ("dvc.yaml", "pipelines/zoo/dvc.yaml", "pipelines/detection/dvc.yaml", "pipelines/finetune/dvc.yaml")
 
 
 @dataclass(frozen=True)
@@ -88,7 +88,7 @@ class Stage:
 
 
 def stages() -> list[Stage]:
-    """Every stage of the three pipelines with its script (the `python <script>` of its cmd) and deps,
+    """Every stage of the four pipelines with its script (the `python <script>` of its cmd) and deps,
     as absolute paths (dvc.yaml paths are relative to the file's folder)."""
     out = []
     for rel in DVC_FILES:

@@ -362,8 +362,8 @@ def test_latency_probe_times_a_model_on_an_exported_runtime() -> None:
     bench = BenchConfig(warmup=1, repeats=3, min_time_s=0.0, threads=1)
     threads = torch.get_num_threads()
     for runtime in ("eager", "onnx_fp32"):
-        probe = latency_probe(torch.randn(2, 3, 16, 16), latency=PruneLatencyConfig(runtime=runtime, batch_size=2),
-                              bench=bench, quantize=QuantizeConfig())
+        latency = PruneLatencyConfig(runtime=runtime, batch_size=2, warmup=1, repeats=3, min_time_s=0.0)
+        probe = latency_probe(torch.randn(2, 3, 16, 16), latency=latency, bench=bench, quantize=QuantizeConfig())
         result = probe(model.train())
         assert set(result) == {"latency_ms"} and result["latency_ms"] > 0
         assert model.training and torch.get_num_threads() == threads  # mode and threads restored

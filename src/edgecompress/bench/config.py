@@ -49,7 +49,15 @@ class PruneLatencyConfig(Settings):
 
     runtime: str = "openvino_fp32"  # eager | onnx_fp32 | openvino_fp32 (exported by the quantize builders)
     batch_size: int = 8
+    # the benchmark's timer with its own settings (bench.threads pinned): changing how the benchmark
+    # samples does not re-run pruning and everything after it
+    warmup: int = 10
+    repeats: int = 30
+    min_time_s: float = 0.5
 
     def validate(self) -> None:
         check_choice(self.runtime, "runtime", LATENCY_RUNTIMES)
         check(self.batch_size >= 1, "batch_size", self.batch_size, "must be an integer >= 1")
+        check(self.warmup >= 0, "warmup", self.warmup, "must be an integer >= 0")
+        check(self.repeats >= 3, "repeats", self.repeats, "must be an integer >= 3")
+        check(0 <= self.min_time_s <= 60, "min_time_s", self.min_time_s, "must be seconds in [0, 60]")

@@ -43,7 +43,7 @@ def latency_probe(sample: torch.Tensor, *, latency: PruneLatencyConfig, bench: B
                   quantize: QuantizeConfig) -> Callable[[nn.Module], dict[str, float]]:
     """model -> {"latency_ms": per-sample median at `latency.batch_size`} on `latency.runtime`.
 
-    Timed as the benchmark times (`latency_sweep`, bench.warmup/repeats/min_time_s, bench.threads
+    Timed as the benchmark times (`latency_sweep` with `latency`'s warmup/repeats/min_time_s, bench.threads
     intra-op threads; the caller's thread count is restored afterwards). Exports go to a temporary
     folder and are deleted.
     """
@@ -55,8 +55,8 @@ def latency_probe(sample: torch.Tensor, *, latency: PruneLatencyConfig, bench: B
             model.eval()
             with tempfile.TemporaryDirectory() as tmp:
                 predict = _predictor(model, latency.runtime, sample, Path(tmp), quantize, bench.threads)
-                sweep = latency_sweep(predict, sample, batch_sizes=(latency.batch_size,), warmup=bench.warmup,
-                                      repeats=bench.repeats, min_time_s=bench.min_time_s)
+                sweep = latency_sweep(predict, sample, batch_sizes=(latency.batch_size,), warmup=latency.warmup,
+                                      repeats=latency.repeats, min_time_s=latency.min_time_s)
         finally:
             torch.set_num_threads(threads)
             model.train(was_training)

@@ -1,6 +1,7 @@
-"""The zoo pipeline's params.yaml schema (pipelines/zoo/params.yaml): the `zoo` block (stages
-zoo_benchmark, zoo_quantize) and the `finetune` block (stage finetune_cifar100), validated as a whole
-before any stage works (`stage.read_params(path, ZooPipelineParams)`)."""
+"""The params.yaml schemas of the zoo pipeline (pipelines/zoo/params.yaml: the `zoo` block of stages
+zoo_benchmark, zoo_quantize, zoo_report; `ZooPipelineParams`) and of the opt-in fine-tuning pipeline
+(pipelines/finetune/params.yaml: the `finetune` block of stage finetune_cifar100;
+`FinetunePipelineParams`), each validated as a whole before any stage works (`stage.read_params`)."""
 
 from __future__ import annotations
 
@@ -106,4 +107,10 @@ class ZooPipelineParams(Settings):
     """The whole of pipelines/zoo/params.yaml."""
 
     zoo: ZooParams = field(default_factory=ZooParams)
+
+
+@dataclass(frozen=True)
+class FinetunePipelineParams(Settings):
+    """The whole of pipelines/finetune/params.yaml (an opt-in pipeline: its data is not shipped)."""
+
     finetune: FinetuneParams = field(default_factory=FinetuneParams)
