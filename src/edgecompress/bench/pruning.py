@@ -22,10 +22,11 @@ import torch.nn as nn
 
 from edgecompress.bench.chain import KIND_OF_RUNTIME, VariantSpec, load_predict
 from edgecompress.bench.config import BenchConfig, PruneLatencyConfig
+from edgecompress.bench.results import FP32_RUNTIMES, fastest, latency_of
 from edgecompress.bench.timing import latency_sweep, sig
 from edgecompress.plots import plt, save_figure
 from edgecompress.quantize.artifacts import build_variant
-from edgecompress.quantize.config import VARIANTS, QuantizeConfig, fp32_runtime_variants, is_int8_variant
+from edgecompress.quantize.config import VARIANTS, QuantizeConfig, is_int8_variant
 
 def _predictor(model: nn.Module, runtime: str, sample: torch.Tensor, folder: Path, quantize: QuantizeConfig,
                threads: int) -> Callable[[torch.Tensor], torch.Tensor]:
@@ -88,17 +89,6 @@ def plot_steps(records: Sequence[dict[str, float]], path: str | Path, title: str
 
 
 # The benchmark's side: the unpruned student on the pruned model's fastest runtimes
-def _median(entry: dict | None, batch: str) -> float | None:
-    if not entry or "skipped" in entry:
-        return None
-    return (entry.get("latency_ms") or {}).get(batch, {}).get("median")
-
-
-def _fastest(variants: dict[str, Any], names: Sequence[str], batch: str) -> str | None:
-    timed = [(lat, n) for n in names if (lat := _median(variants.get(n), batch)) is not None]
-    return min(timed)[1] if timed else None
-
-
 def headline_batch(batch_sizes: Sequence[int]) -> str:
     """The batch size the pruning figures headline: 8 (the project's goals) when measured, else the largest."""
     return "8" if 8 in batch_sizes else str(max(batch_sizes))
@@ -107,9 +97,8 @@ def headline_batch(batch_sizes: Sequence[int]) -> str:
 def best_runtimes(variants: dict[str, Any], batch: str) -> dict[str, str | None]:
     """{"best_fp32": fastest FP32 runtime of the pruned model, "best_int8": fastest INT8 variant that needs
     no training (QAT would have to be re-trained on the unpruned model)} at `batch`."""
-    fp32 = ["pruned", "pruned_compiled", *fp32_runtime_variants()]
     int8 = [n for n in variants if n in VARIANTS and is_int8_variant(n) and VARIANTS[n].builder != "qat"]
-    return {"best_fp32": _fastest(variants, fp32, batch), "best_int8": _fastest(variants, int8, batch)}
+    return {"best_fp32": fastest(variants, FP32_RUNTIMES, batch), "best_int8": fastest(variants, int8, batch)}
 
 
 def reference_specs(best: dict[str, str | None], *, student_path: str | Path, folder: str | Path,
@@ -147,7 +136,7 @@ def pruning_effect(variants: dict[str, Any], references: dict[str, Any], best: d
     for role, (name, unpruned, unpruned_name) in pairs.items():
         rows = {}
         for b in map(str, batch_sizes):
-            before, after = _median(unpruned, b), _median(variants.get(name), b)
+            before, after = latency_of(unpruned, b), latency_of(variants.get(name), b)
             if before is None or after is None:
                 continue
             cut = 1 - after / before

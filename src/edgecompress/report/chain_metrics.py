@@ -12,11 +12,12 @@ Latencies are per-sample milliseconds (`latency_ms`, median and IQR over the ben
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 from typing import Iterable
 
 from edgecompress import EdgecompressError
+from edgecompress.bench.results import FP32_RUNTIMES, latency_of
+from edgecompress.bench.results import fastest as fastest_variant
 from edgecompress.goals import target
 from edgecompress.io import read_json
 from edgecompress.quantize.config import VARIANTS, fp32_runtime_variants, is_int8_variant
@@ -24,7 +25,6 @@ from edgecompress.quantize.config import VARIANTS, fp32_runtime_variants, is_int
 METRICS_FILES = ("teacher", "student_baseline", "distill", "prune", "quantize", "benchmark")
 # the chain's checkpoints and the benchmark's own extras, then the quantize variants in registry order
 VARIANT_ORDER = ("teacher", "student_baseline", "student", "pruned", "pruned_compiled", "pruned_fp16", *VARIANTS)
-FP32_RUNTIMES = ("pruned", "pruned_compiled", *fp32_runtime_variants())
 
 
 # Loading and selection
@@ -60,19 +60,14 @@ def measured_entry(bench: dict, name: str) -> dict | None:
     return None if entry is None or "skipped" in entry else entry
 
 
-def latency(bench: dict, name: str, batch: str, key: str = "median") -> float | None:
+def latency(bench: dict, name: str | None, batch: str, key: str = "median") -> float | None:
     """Per-sample latency (ms; `key`: median or iqr) of a measured variant at `batch`, else None."""
-    entry = measured_entry(bench, name)
-    if entry is None:
-        return None
-    value = entry.get("latency_ms", {}).get(str(batch), {}).get(key)
-    return None if value is None or not math.isfinite(value) else float(value)
+    return latency_of(bench["variants"].get(name), batch, key) if name else None
 
 
 def fastest(bench: dict, names: Iterable[str], batch: str) -> str | None:
     """The name with the lowest per-sample median latency at `batch` (skipped/unmeasured ones ignored)."""
-    timed = [(lat, n) for n in names if (lat := latency(bench, n, batch)) is not None]
-    return min(timed)[1] if timed else None
+    return fastest_variant(bench["variants"], names, batch)
 
 
 def ratio(reference: float | None, value: float | None) -> float | None:
