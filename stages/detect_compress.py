@@ -9,6 +9,7 @@ from pathlib import Path
 
 import torch
 
+from edgecompress.bench.contention import LoadPolicy, contention_block
 from edgecompress.detection import charts, compress, data, pruning, source
 from edgecompress.detection.gate import Gate
 from edgecompress.detection.inference import evaluation_settings, subset_monitor
@@ -50,12 +51,14 @@ def main() -> None:
     built = compress.build_variants(detector, spec.variants, calibration=calib_paths, out_dir=args.models,
                                     threads=params.threads, prune_ratio=spec.prune_ratio, finetune=finetune,
                                     gate=gate, prune_round_to=spec.prune_round_to)
+    watch = LoadPolicy.of(params)
     variants = compress.evaluate_variants(built, spec.variants, subset, batch_size=spec.batch_size,
-                                          settings=evaluation_settings(params))
+                                          settings=evaluation_settings(params), watch=watch)
     metrics = {"model": spec.model, "random_weights": detector.random_weights, "batch_size": spec.batch_size,
                "device": str(device), "threads": params.threads, "images": len(subset.images),
                "calibration": {"images": len(calib_paths), "disjoint_from_evaluation": disjoint},
-               "variants": variants, "pruning": pruning.pruning_summary(variants)}
+               "variants": variants, "pruning": pruning.pruning_summary(variants),
+               "contention": contention_block(watch, variants)}  # each variant's "load"
     charts.plot_pareto(metrics, Path(args.plots) / charts.PARETO_FILE)
     write_json(args.metrics, metrics)
 

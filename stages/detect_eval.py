@@ -1,13 +1,15 @@
 """Stage `detect_eval`: every detector of `detection.models` on the data subset, at every batch size of
 `detection.batch_sizes`: mAP@[.5:.95] / mAP@.5 (torchmetrics, cross-checked with pycocotools' COCOeval
 on the same predictions), precision / recall / F1 at `detection.conf_threshold`, and the time of
-decoding, pre-processing, the model, NMS and post-processing -> metrics/detection.json, box
-visualizations per batch size and the mAP-vs-time plots."""
+decoding, pre-processing, the model, NMS and post-processing (each timed pass watched for other
+processes' load: detection.max_load) -> metrics/detection.json, box visualizations per batch size and the
+mAP-vs-time plots."""
 
 from pathlib import Path
 
 import torch
 
+from edgecompress.bench.contention import LoadPolicy, contention_block
 from edgecompress.bench.environment import environment_fingerprint
 from edgecompress.detection import charts, data, source, visualize
 from edgecompress.detection.inference import evaluate_detector, evaluation_settings
@@ -26,6 +28,7 @@ def main() -> None:
     torch.set_num_threads(params.threads)
     device = resolve_device(params.device)
     ds = source.load_subset(args.data)
+    watch = LoadPolicy.of(params)
     results = {}
     for name, spec in params.models.items():
         detector = load_detector(name, spec, dataset_classes=ds.classes, imgsz=params.imgsz, device=device)
@@ -35,7 +38,8 @@ def main() -> None:
                  "nms": "torchvision batched_nms (timed)" if detector.letterboxed else "inside the model",
                  "batch_sizes": {}}
         for batch_size in params.batch_sizes:
-            row, deployed = evaluate_detector(detector, ds, batch_size=batch_size, **evaluation_settings(params))
+            row, deployed = evaluate_detector(detector, ds, batch_size=batch_size, **evaluation_settings(params),
+                                              watch=watch, label=f"{name} b{batch_size}")
             entry["batch_sizes"][str(batch_size)] = row
             visualize.write_visualizations(ds, deployed, Path(args.visualizations) / f"visualizations_batch_{batch_size}"
                                            / name, ds.classes, max_images=params.visualize)
@@ -50,7 +54,8 @@ def main() -> None:
                             "iou_threshold": params.iou_threshold, "max_det": params.max_det, "imgsz": params.imgsz,
                             "batch_sizes": list(params.batch_sizes), "warmup_batches": params.warmup_batches,
                             "threads": params.threads, "agreement_points": params.map_agreement_points},
-               "environment": environment_fingerprint(params.threads, str(device)), "models": results}
+               "environment": environment_fingerprint(params.threads, str(device)), "models": results,
+               "contention": contention_block(watch, charts.timed_rows(results))}  # each row's "load"
     charts.write_plots(metrics, args.plots)  # git-tracked: REPORT.md embeds these
     charts.write_plots(metrics, args.visualizations)  # the same two, beside the visualizations (DVC-cached)
     write_json(args.metrics, metrics)

@@ -8,10 +8,12 @@ On a GPU, per-kernel hardware counters come from Nsight Compute around this same
       python ../../stages/detect_profile.py --data data/subset --metrics /tmp/p.json --profile-dir /tmp/prof
 """
 
+from functools import partial
 from pathlib import Path
 
 import torch
 
+from edgecompress.bench.contention import LoadPolicy, contention_block, watched
 from edgecompress.bench.profile import profile_ops
 from edgecompress.bench.timing import BlockTimer
 from edgecompress.detection import source
@@ -33,12 +35,14 @@ def main() -> None:
     device = resolve_device(params.device)
     ds = source.load_subset(args.data)
     paths = [Path(ds.images_dir) / image.file_name for image in ds.images[:spec.images]]
+    watch = LoadPolicy.of(params)
     results = {}
     for name, model in params.models.items():
         detector = load_detector(name, model, dataset_classes=ds.classes, imgsz=params.imgsz, device=device)
-        _, timing = run_detector(detector, paths, ds.classes, batch_size=spec.batch_size,
-                                 conf_threshold=params.conf_threshold, iou_threshold=params.iou_threshold,
-                                 max_det=params.max_det, warmup_batches=1)
+        # the timed pass is watched for other processes' load (detection.max_load), the profiler's run is not
+        (_, timing), load = watched(partial(run_detector, detector, paths, ds.classes, batch_size=spec.batch_size,
+                                            conf_threshold=params.conf_threshold, iou_threshold=params.iou_threshold,
+                                            max_det=params.max_det, warmup_batches=1), watch, name)
         images = [read_image(p) for p in paths[:spec.batch_size]]
         class_map = model_to_dataset_classes(detector.output_classes, ds.classes)
 
@@ -53,10 +57,11 @@ def main() -> None:
                          "inference_ms_per_image": timing["inference_ms_per_image"],
                          "peak_memory_mb": timing["peak_memory_mb"],
                          "peak_memory_kind": "CUDA allocated" if device.type == "cuda" else "process RSS",
-                         "profile": ops}
+                         "profile": ops, **({"load": load} if load else {})}
         log.info("%s: top operator %s; tables and trace in %s", name,
                  ops["top_ops"][0]["name"] if ops["top_ops"] else "none", args.profile_dir)
-    write_json(args.metrics, {"device": str(device), "threads": params.threads, "models": results})
+    write_json(args.metrics, {"device": str(device), "threads": params.threads, "models": results,
+                              "contention": contention_block(watch, results)})
 
 
 if __name__ == "__main__":

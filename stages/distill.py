@@ -12,13 +12,14 @@ def main() -> None:
     params = read_training_params(args.params, Params)  # train.nproc > 1: under torchrun
     teacher, info = load_teacher(args.teacher, args.data)
     kd = params.distill
-    model, arch = new_model(params.model.student, params.model.small_input, args.data,
-                            seed=params.student.seed)
-    train_classifier(stage="distill", prepared_dir=args.data, model=model, arch=arch, epochs=params.student.epochs,
+    init = new_model(params.model.student, key="model.student", small_input=params.model.small_input,
+                     weights_dir=params.model.weights_dir, prepared_dir=args.data, seed=params.student.seed)
+    train_classifier(stage="distill", prepared_dir=args.data, model=init.model, arch=init.arch, epochs=params.student.epochs,
                      seed=params.student.seed, recipe=params.train, checkpoint_out=args.out,
                      metrics_out=args.metrics, plots_dir=args.plots, live_dir=args.live,
                      loss_fn=DistillationLoss(teacher, alpha=kd.alpha, temperature=kd.temperature),
-                     extra_metrics={"alpha": kd.alpha, "temperature": kd.temperature,
+                     before_save=init.before_save(),
+                     extra_metrics={"initial_weights": init.summary, "alpha": kd.alpha, "temperature": kd.temperature,
                                     "teacher_accuracy": round(info["meta"]["test_accuracy"], 6),
                                     # quoted from the checkpoint (its sha256 verified on load), not re-measured
                                     "teacher_accuracy_source": f"{args.teacher} (recorded by stage "

@@ -7,7 +7,8 @@ from edgecompress.classifier import TRAIN_STAGE_PATHS, train_classifier
 from edgecompress.data import prepare_dataset
 from edgecompress.runtime import seed_everything
 from edgecompress.stage import read_params, run_stage, stage_args
-from edgecompress.zoo.finetune import pretrained_classifier, resolve_finetune_weights, unfreeze_batchnorm
+from edgecompress.transfer import unfreeze_batchnorm
+from edgecompress.zoo.finetune import pretrained_classifier, resolve_finetune_weights
 from edgecompress.zoo.params import FinetunePipelineParams
 
 STAGE = "finetune_cifar100"

@@ -9,11 +9,12 @@ from edgecompress.stage import read_training_params, run_stage, stage_args
 def main() -> None:
     args = stage_args(__doc__, TRAIN_STAGE_PATHS)
     params = read_training_params(args.params, Params)  # train.nproc > 1: under torchrun
-    model, arch = new_model(params.model.student, params.model.small_input, args.data,
-                            seed=params.student.seed)
-    train_classifier(stage="student_baseline", prepared_dir=args.data, model=model, arch=arch,
+    init = new_model(params.model.student, key="model.student", small_input=params.model.small_input,
+                     weights_dir=params.model.weights_dir, prepared_dir=args.data, seed=params.student.seed)
+    train_classifier(stage="student_baseline", prepared_dir=args.data, model=init.model, arch=init.arch,
                      epochs=params.student.epochs, seed=params.student.seed, recipe=params.train,
-                     checkpoint_out=args.out, metrics_out=args.metrics, plots_dir=args.plots, live_dir=args.live)
+                     checkpoint_out=args.out, metrics_out=args.metrics, plots_dir=args.plots, live_dir=args.live,
+                     extra_metrics={"initial_weights": init.summary}, before_save=init.before_save())
 
 
 if __name__ == "__main__":

@@ -1,11 +1,13 @@
 """Stage `zoo_benchmark`: pretrained ImageNet models (official weights from local files, never
 downloaded) on an ImageNet image subset: top-1/top-5 against the published figures, params, MACs, size
-and latency per batch size -> metrics/zoo.json and plots/zoo_accuracy_vs_latency.png."""
+and latency per batch size (each timing watched for other processes' load: zoo.max_load) ->
+metrics/zoo.json and plots/zoo_accuracy_vs_latency.png."""
 
 from pathlib import Path
 
 import torch
 
+from edgecompress.bench.contention import contention_block
 from edgecompress.bench.environment import environment_fingerprint
 from edgecompress.io import write_json
 from edgecompress.stage import log, read_params, run_stage, stage_args
@@ -13,7 +15,7 @@ from edgecompress.zoo.imagenet import ImageCache
 from edgecompress.zoo.measure import Measurement, benchmark_model, zoo_inputs
 from edgecompress.zoo.params import ZooPipelineParams
 from edgecompress.zoo.report import PLOT_FILES, plot_accuracy_vs_latency
-from edgecompress.zoo.weights import preprocessing
+from edgecompress.weights import preprocessing
 
 
 def main() -> None:
@@ -35,6 +37,7 @@ def main() -> None:
                "threads": params.threads, "timing": {"warmup": how.warmup, "repeats": how.repeats,
                                                      "min_time_s": how.min_time_s},
                "random_weights": [a for a, r in results.items() if r["random_weights"]],
+               "contention": contention_block(how.load, results),  # each model's "load" per batch size
                "environment": environment_fingerprint(params.threads)}
     plot_accuracy_vs_latency(metrics, Path(args.plots) / PLOT_FILES["accuracy_vs_latency"])
     write_json(args.metrics, metrics)

@@ -5,15 +5,16 @@ images not used for evaluation -> metrics/zoo_quantize.json and two plots."""
 
 import torch
 
+from edgecompress.bench.contention import contention_block
 from edgecompress.io import read_json, write_json
 from edgecompress.stage import log, read_params, run_stage, stage_args
 from edgecompress.zoo.imagenet import ImageCache
 from edgecompress.zoo.measure import (DYNAMIC_NOTE, Measurement, dynamic_analysis, fp32_latency, static_analysis,
                                       zoo_inputs)
 from edgecompress.zoo.params import ZooPipelineParams
-from edgecompress.zoo.report import write_plots
+from edgecompress.zoo.report import quantize_timings, write_plots
 from edgecompress.zoo.runtimes import Gate, runtime_analysis
-from edgecompress.zoo.weights import load_pretrained, preprocessing
+from edgecompress.weights import load_pretrained, preprocessing
 
 
 def main() -> None:
@@ -53,7 +54,8 @@ def main() -> None:
                "calibration": {"images": len(inputs.calibration), "batches": params.calibration_batches,
                                "batch_size": params.calibration_batch_size,
                                "source": "the subset's images after the evaluated ones (never evaluated)"},
-               "images": inputs.description}
+               "images": inputs.description,
+               "contention": contention_block(how.load, quantize_timings(results))}  # entries' "load" per batch size
     write_plots(fp32, metrics, args.plots)
     write_json(args.metrics, metrics)
 

@@ -71,6 +71,7 @@ def test_detection_pipeline_smoke_run_random_weights(repo_copy: Path, tmp_path: 
                  "classes": "coco.yaml"},
         "subset_images": 2, "import": {"source": str(checkpoint), "out": "models/random_v5.safe.pt"},
         "imgsz": 128, "batch_sizes": [1, 2], "threads": 1, "visualize": 2,
+        "max_load": None,  # a busy CI runner must not make the suite wait (test_detect_contention)
         "profile": {"images": 2, "batch_size": 2, "iterations": 1},
         "compress": {"model": "v5", "calibration_images": 2, "finetune_epochs": 1, "max_map_drop": 100.0,
                      "gate_images": 1},  # the gate judged through the stage; its search has its own test
@@ -154,6 +155,8 @@ def test_detection_pipeline_smoke_run_random_weights(repo_copy: Path, tmp_path: 
     assert "of the MACs removed" in report and "Pruned never slower than the original on any runtime" in report
     assert "## Fine-tuning" in report and "ultralytics DetectionTrainer" in report
     assert "yolov8n (random weights)" in report and "not judged: random weights" in report
+    assert "Contention was not monitored (detection.max_load: null)." in report
+    assert metrics["contention"] == {"max_load": None, "retries": 2, "wait_s": 30, "contended": []}
     assert "up to date" in run(["dvc", "repro", "pipelines/detection/dvc.yaml"], repo_copy).stdout
 
 

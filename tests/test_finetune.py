@@ -19,14 +19,8 @@ from torchvision.ops import FrozenBatchNorm2d
 
 from conftest import ROOT, run
 from edgecompress import EdgecompressError
-from edgecompress.zoo.finetune import (
-    finetune_architectures,
-    freeze_except,
-    pretrained_classifier,
-    replace_head,
-    resolve_finetune_weights,
-    unfreeze_batchnorm,
-)
+from edgecompress.transfer import freeze_except, replace_head, unfreeze_batchnorm
+from edgecompress.zoo.finetune import finetune_architectures, pretrained_classifier, resolve_finetune_weights
 from edgecompress.models import load_checkpoint, save_checkpoint
 
 STAGE = ROOT / "stages" / "finetune_cifar100.py"

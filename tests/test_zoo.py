@@ -11,8 +11,8 @@ from PIL import Image
 from torch import nn
 
 from conftest import SHARED
-from edgecompress import EdgecompressError
-from edgecompress.zoo import imagenet, measure, weights
+from edgecompress import EdgecompressError, weights
+from edgecompress.zoo import imagenet, measure
 
 CLASSES = [("n01440764", "tench"), ("n01443537", "goldfish"), ("n01484850", "great_white_shark")]
 

@@ -12,8 +12,9 @@ from conftest import ROOT, SHARED
 from edgecompress import EdgecompressError
 from edgecompress.config import load_settings, parse_settings
 from edgecompress.quantize.fx import layer_summary, quantize_static_fx
-from edgecompress.zoo import imagenet, measure, weights
-from edgecompress.zoo.efficientnet_lite import (LITE_WEIGHTS, EfficientNetLite, LiteWeights, port_to_ours,
+from edgecompress import weights
+from edgecompress.zoo import imagenet, measure
+from edgecompress.efficientnet_lite import (LITE_WEIGHTS, EfficientNetLite, LiteWeights, port_to_ours,
                                                 round_channels, same_padding)
 from edgecompress.zoo.params import ZooPipelineParams
 

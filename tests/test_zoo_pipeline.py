@@ -38,7 +38,8 @@ def test_zoo_pipeline_smoke_run_random_weights(repo_copy: Path, tmp_path: Path) 
                 # torch.compile has its own tests (test_bench); here the exported runtimes, at two batch sizes
                 "runtimes": ["onnx_fp32", "onnx_int8", "openvino_fp32", "openvino_int8"], "runtime_batch_sizes": [1, 2],
                 "runtimes_on": "all", "dynamic": True, "static": ["x86", "vnni"],
-                "max_accuracy_drop": 100.0},  # the gate measured and recorded; no fallback search (own test)
+                "max_accuracy_drop": 100.0,  # the gate measured and recorded; no fallback search (own test)
+                "max_load": None},  # a busy CI runner must not make the suite wait (test_zoo_contention)
     })
     params["zoo"]["models"] = {"mobilenet_v3_small": "random", "squeezenet1_1": "random"}
     params_path.write_text(yaml.safe_dump(params, sort_keys=False))
@@ -60,6 +61,7 @@ def test_zoo_pipeline_smoke_run_random_weights(repo_copy: Path, tmp_path: Path) 
     assert quant["calibration"]["images"] == 2 and quant["images"]["count"] == 3
     small = quant["models"]["mobilenet_v3_small"]
     assert set(small["fp32"]["latency_ms"]) == {"1", "2"}  # FP32 re-timed beside its quantized versions
+    assert zoo["contention"]["max_load"] is None and quant["contention"]["contended"] == []  # not monitored here
     assert small["dynamic"]["layers"]["quantized_layers"] == {"Linear": 2}
     assert small["dynamic"]["layers"]["float_layers"]["Conv2d"] > 0
     assert quant["models"]["squeezenet1_1"]["dynamic"]["layers"]["quantized"] == 0  # no Linear layer at all
@@ -84,4 +86,5 @@ def test_zoo_pipeline_smoke_run_random_weights(repo_copy: Path, tmp_path: Path) 
     assert "Random weights (untrained): mobilenet_v3_small, squeezenet1_1" in report
     assert "squeezenet1_1 (random weights)" in report and "plots/static_quant_analysis.png" in report
     assert "## Runtimes: INT8 against the fastest FP32 runtime" in report and "openvino_int8" in report
+    assert "Contention was not monitored (zoo.max_load: null)." in report
     assert "up to date" in run(["dvc", "repro", "pipelines/zoo/dvc.yaml"], repo_copy).stdout

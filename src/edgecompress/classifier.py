@@ -17,7 +17,8 @@ from edgecompress import EdgecompressError, distributed, plots
 from edgecompress.data import load_meta, load_split, make_loader
 from edgecompress.distill import hard_label_loss
 from edgecompress.io import write_json
-from edgecompress.models import ArchParams, arch_config, build_model, load_checkpoint, model_stats, save_checkpoint
+from edgecompress.init_weights import InitialModel, initial_model
+from edgecompress.models import ArchParams, load_checkpoint, model_stats, save_checkpoint
 from edgecompress.runtime import resolve_device, seed_everything
 from edgecompress.stage import open_live
 from edgecompress.train import FitResult, LossFn, TrainParams, evaluate, fit
@@ -44,13 +45,27 @@ def write_eval_plots(*, stage: str, test: dict[str, Any], prepared_dir: str | Pa
                       plots_dir / "samples.png", title=stage)
 
 
-def new_model(arch: ArchParams, small_input: bool, prepared_dir: str | Path, seed: int) -> tuple[nn.Module, dict[str, Any]]:
-    """An untrained `arch` sized for the prepared data set (initialised from `seed`), and its
-    checkpoint `arch` entry."""
-    num_classes = load_meta(prepared_dir)["num_classes"]
-    seed_everything(seed)
-    model = build_model(arch.arch, num_classes, arch.width, small_input)
-    return model, arch_config(arch.arch, num_classes, arch.width, small_input)
+def new_model(spec: ArchParams, *, key: str, small_input: bool, weights_dir: str | None, prepared_dir: str | Path,
+              seed: int) -> InitialModel:
+    """The chain network `spec` describes (`key`: model.teacher / model.student), sized for the prepared
+    data set, from its `weights` (random, pretrained or a file: `init_weights.initial_model`)."""
+    return initial_model(spec, key=key, num_classes=load_meta(prepared_dir)["num_classes"], small_input=small_input,
+                         weights_dir=weights_dir, seed=seed)
+
+
+def require_same_classes(init: InitialModel, key: str, prepared_dir: str | Path) -> None:
+    """For a model taken as it is (teacher.epochs: 0): its weights must have been trained for the prepared
+    data set's classes (count, and names where the weights record them)."""
+    meta = load_meta(prepared_dir)
+    replaced = init.summary.get("head_replaced")
+    if replaced:
+        raise EdgecompressError(f"teacher.epochs=0 takes {key} as it is, but its weights have {replaced['from_classes']} "
+                                f"classes and data set '{meta['name']}' has {meta['num_classes']}; train it "
+                                "(teacher.epochs >= 1) or give weights trained for these classes")
+    if init.source_classes is not None and init.source_classes != meta["classes"]:
+        raise EdgecompressError(f"teacher.epochs=0 takes {key} as it is, but its weights were trained for classes "
+                                f"{init.source_classes[:5]}... and data set '{meta['name']}' has {meta['classes'][:5]}...; "
+                                "train it (teacher.epochs >= 1) or give weights trained for these classes")
 
 
 def _fit(stage: str, model: nn.Module, loader: Callable, *, epochs: int, seed: int, recipe: TrainParams,
@@ -69,6 +84,18 @@ def _fit(stage: str, model: nn.Module, loader: Callable, *, epochs: int, seed: i
              result.best_val_accuracy, result.best_epoch, result.seconds)
     return result.history, {"best_epoch": result.best_epoch, "val_accuracy": round(result.best_val_accuracy, 6),
                             "processes": distributed.world_size()}
+
+
+def _score_untrained(model: nn.Module, loader: Callable, num_classes: int, device: Any, recipe: TrainParams,
+                     live: Any) -> dict[str, Any]:
+    """Validation accuracy of a model used as it is (epochs 0), logged as step 0 of its dvclive curves."""
+    val = evaluate(model, loader("val", batch_size=EVAL_BATCH_SIZE, train=False), num_classes=num_classes,
+                   device=device, amp=recipe.amp)
+    if live is not None:
+        live.log_metric("val/loss", val["loss"])
+        live.log_metric("val/accuracy", val["accuracy"])
+        live.next_step()
+    return {"val_accuracy": round(val["accuracy"], 6)}
 
 
 def train_classifier(*, stage: str, prepared_dir: str | Path, model: nn.Module, arch: dict[str, Any],
@@ -105,10 +132,11 @@ def train_classifier(*, stage: str, prepared_dir: str | Path, model: nn.Module, 
     loader = functools.partial(make_loader, prepared_dir, seed=seed)
     main = not distributed.under_torchrun() or os.environ.get("RANK") == "0"  # rank 0 alone writes
     with open_live(live_dir, enabled=main) as live:
-        history, fit_info = [], {}
         if epochs > 0:
             history, fit_info = _fit(stage, model, loader, epochs=epochs, seed=seed, recipe=recipe, loss_fn=loss_fn,
                                      lr=lr, num_classes=num_classes, device=device, live=live)
+        else:  # taken as it is: its validation score is the one point of its curves
+            history, fit_info = [], _score_untrained(model, loader, num_classes, device, recipe, live)
         if not main:
             return {}  # the other ranks' work ends with training; rank 0 evaluates and writes
         test = evaluate(model, loader("test", batch_size=EVAL_BATCH_SIZE, train=False), num_classes=num_classes,

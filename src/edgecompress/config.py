@@ -85,6 +85,15 @@ def check_distinct(values: tuple, key: str, choices: Iterable[str] | None = None
     check(ok, key, values, f"must be a {'non-empty ' if non_empty else ''}list of distinct entries{allowed}")
 
 
+def check_load_policy(settings: Any) -> None:
+    """`max_load`, `retries` and `wait_s` of a block whose timers watch the machine's load
+    (`bench.contention.LoadPolicy`: bench, zoo, detection)."""
+    check(settings.max_load is None or settings.max_load > 0, "max_load", settings.max_load,
+          "must be null or cores > 0")
+    check(settings.retries >= 0, "retries", settings.retries, "must be an integer >= 0")
+    check(0 <= settings.wait_s <= 3600, "wait_s", settings.wait_s, "must be seconds in [0, 3600]")
+
+
 def is_batch_list(values: tuple[int, ...]) -> bool:
     """A non-empty list of distinct integers >= 1 (batch sizes are keys of the results)."""
     return bool(values) and len(set(values)) == len(values) and all(v >= 1 for v in values)

@@ -115,12 +115,17 @@ def _channel_stats(images: torch.Tensor, chunk: int = 4096) -> tuple[list[float]
 
 
 def prepare_dataset(*, name: str, root: str | None, image_size: int, val_fraction: float,
-                    test_fraction: float, max_samples: int | None, seed: int, out_dir: str | Path) -> dict:
+                    test_fraction: float, max_samples: int | None, seed: int, out_dir: str | Path,
+                    resize_size: int | None = None, mean_std: tuple[Any, Any] | None = None,
+                    preprocessing_source: str = "data set") -> dict:
     """Load a data set, split it (stratified, seeded) and cache it as uint8 tensors in `out_dir`.
 
     Carved splits take `test_fraction`, then `val_fraction` (both of the whole pool). With a predefined
     test split (CIFAR, imagefolder train/test) `test_fraction` is unused and val is carved from the
-    train pool with `val_fraction` unless a val split exists. `max_samples` subsamples (stratified)
+    train pool with `val_fraction` unless a val split exists. Pretrained weights bring their own
+    preprocessing (`init_weights.weights_preprocessing`): images are resized to `resize_size` before the
+    centre `image_size` crop, and `mean_std` replaces the train split's statistics; `preprocessing_source`
+    says where it came from in meta.json. `max_samples` subsamples (stratified)
     the whole pool, or the train pool when splits are predefined. Everything is loaded and checked
     before any file is written, and each file is written atomically (meta.json last).
 
@@ -134,7 +139,7 @@ def prepare_dataset(*, name: str, root: str | None, image_size: int, val_fractio
                    test_fraction=test_fraction, max_samples=max_samples, seed=seed)
     except ParamError as exc:
         raise exc.prefixed("data") from None
-    raw = DATASETS[name](root, image_size)
+    raw = DATASETS[name](root, image_size, resize_size)
     classes, rng = raw.classes, np.random.default_rng(seed)
     carved = "all" in raw.pools
     pool_images, pool_labels = raw.pools["all" if carved else "train"]
@@ -168,10 +173,13 @@ def prepare_dataset(*, name: str, root: str | None, image_size: int, val_fractio
         missing = [classes[c] for c, n in enumerate(counts[s]) if n == 0]
         if missing:
             logger.warning("%s split has no images of class(es) %s", s, missing[:10])
-    mean, std = _channel_stats(splits["train"][0])
+    mean, std = _channel_stats(splits["train"][0]) if mean_std is None else ([float(v) for v in mean_std[0]],
+                                                                               [float(v) for v in mean_std[1]])
     meta = {
         "name": name, "root": None if root is None else str(root), "num_classes": len(classes),
         "classes": classes, "image_size": image_size, "mean": mean, "std": std,
+        "preprocessing": {"source": preprocessing_source, "resize_size": resize_size or image_size,
+                          "crop_size": image_size, "mean_std": "train split" if mean_std is None else preprocessing_source},
         "splits": {s: int(len(splits[s][1])) for s in SPLITS}, "class_counts": counts, "seed": seed,
         "split_source": "carved" if carved else "predefined", "max_samples": max_samples,
     }

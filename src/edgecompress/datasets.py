@@ -65,25 +65,29 @@ class RawData:
     pools: dict[str, tuple[torch.Tensor, torch.Tensor]]  # pool -> (uint8 N x 3 x S x S, int64 N)
 
 
-def _resize_uint8(images: torch.Tensor, size: int, chunk: int = 1024) -> torch.Tensor:
-    """Bilinear resize of a uint8 N x 3 x H x W batch to size x size, in chunks to bound memory."""
-    if tuple(images.shape[-2:]) == (size, size):
+def _resize_uint8(images: torch.Tensor, size: int, resize_size: int | None = None, chunk: int = 1024) -> torch.Tensor:
+    """Bilinear resize of a uint8 N x 3 x H x W batch of square images to size x size, in chunks to bound
+    memory; with `resize_size`, to resize_size x resize_size first and then the centre size x size crop
+    (the resize/crop ratio pretrained weights were evaluated with, e.g. 256/224)."""
+    step = resize_size or size
+    if tuple(images.shape[-2:]) == (size, size) and step == size:
         return images
+    top = (step - size) // 2
     out = torch.empty((images.shape[0], images.shape[1], size, size), dtype=torch.uint8)
     for start in range(0, images.shape[0], chunk):
-        part = F.interpolate(images[start:start + chunk].float(), size=(size, size), mode="bilinear",
+        part = F.interpolate(images[start:start + chunk].float(), size=(step, step), mode="bilinear",
                              align_corners=False, antialias=True)
-        out[start:start + chunk] = part.round_().clamp_(0, 255).to(torch.uint8)
+        out[start:start + chunk] = part[..., top:top + size, top:top + size].round_().clamp_(0, 255).to(torch.uint8)
     return out
 
 
-def _load_digits(root: str | None, image_size: int) -> RawData:
+def _load_digits(root: str | None, image_size: int, resize_size: int | None = None) -> RawData:
     """sklearn's 1,797 8x8 handwritten digits (shipped with scikit-learn, no download); root ignored."""
     from sklearn.datasets import load_digits
 
     digits = load_digits()
     pixels = torch.from_numpy(np.rint(digits.images * (255.0 / 16.0))).to(torch.uint8)
-    images = _resize_uint8(pixels.unsqueeze(1).repeat(1, 3, 1, 1).contiguous(), image_size)
+    images = _resize_uint8(pixels.unsqueeze(1).repeat(1, 3, 1, 1).contiguous(), image_size, resize_size)
     labels = torch.from_numpy(digits.target.astype(np.int64))
     return RawData([str(n) for n in digits.target_names], {"all": (images, labels)})
 
@@ -116,7 +120,7 @@ def _read_pickle(path: Path) -> dict:
     return {k.encode() if isinstance(k, str) else k: v for k, v in data.items()}
 
 
-def _load_cifar(name: str, root: str | None, image_size: int) -> RawData:
+def _load_cifar(name: str, root: str | None, image_size: int, resize_size: int | None = None) -> RawData:
     """CIFAR-10/100 python-pickle layout. The pickles are read directly rather than through
     torchvision.datasets.CIFAR*, whose md5 integrity check rejects any non-official (e.g. test) file;
     the parsing is the same as torchvision's."""
@@ -150,16 +154,18 @@ def _load_cifar(name: str, root: str | None, image_size: int) -> RawData:
         lab = torch.cat(labels)
         if len(lab) and (lab.min() < 0 or lab.max() >= len(classes)):
             raise EdgecompressError(f"{base}: {pool} labels outside 0..{len(classes) - 1}")
-        pools[pool] = (_resize_uint8(torch.cat(images), image_size), lab)
+        pools[pool] = (_resize_uint8(torch.cat(images), image_size, resize_size), lab)
     return RawData(classes, pools)
 
 
-def _load_image(path: Path, size: int) -> torch.Tensor:
-    """Load as RGB, resize the shorter side to `size`, center crop to size x size; uint8 3 x S x S."""
+def _load_image(path: Path, size: int, resize_size: int | None = None) -> torch.Tensor:
+    """Load as RGB, resize the shorter side to `resize_size` (default `size`), centre crop to size x size;
+    uint8 3 x S x S."""
     img = read_image(path)
     w, h = img.size
-    scale = size / min(w, h)
-    new_w, new_h = max(size, round(w * scale)), max(size, round(h * scale))
+    step = max(resize_size or size, size)
+    scale = step / min(w, h)
+    new_w, new_h = max(step, round(w * scale)), max(step, round(h * scale))
     img = img.resize((new_w, new_h), Image.BILINEAR)
     left, top = (new_w - size) // 2, (new_h - size) // 2
     img = img.crop((left, top, left + size, top + size))
@@ -178,8 +184,8 @@ def _unreadable(path: Path, base: Path, exc: EdgecompressError) -> str:
     return f"{path.relative_to(base).as_posix()} ({reason.splitlines()[0][:120]})"
 
 
-def _load_tree(folder: Path, classes: list[str], image_size: int, base: Path,
-               failures: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+def _load_tree(folder: Path, classes: list[str], image_size: int, base: Path, failures: list[str],
+               resize_size: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """The images under folder/<class>/; unreadable ones are appended to `failures` (relative to
     `base`) rather than raised, so one error can list every bad file of the data set."""
     items: list[tuple[Path, int]] = []
@@ -194,7 +200,7 @@ def _load_tree(folder: Path, classes: list[str], image_size: int, base: Path,
     images, labels = [], []
     for path, label in tqdm(items, desc=f"loading {folder.name}", disable=len(items) <= 500):
         try:
-            images.append(_load_image(path, image_size))
+            images.append(_load_image(path, image_size, resize_size))
             labels.append(label)
         except EdgecompressError as exc:
             failures.append(_unreadable(path, base, exc))
@@ -203,7 +209,7 @@ def _load_tree(folder: Path, classes: list[str], image_size: int, base: Path,
     return torch.stack(images), torch.tensor(labels, dtype=torch.int64)
 
 
-def _load_imagefolder(root: str | None, image_size: int) -> RawData:
+def _load_imagefolder(root: str | None, image_size: int, resize_size: int | None = None) -> RawData:
     """One folder per class under root; split subfolders train/ + test/ (+ val/ or valid/) if present."""
     expects = "imagefolder expects <root>/<class>/<image> or <root>/{train,test[,val]}/<class>/<image>"
     if root is None:
@@ -219,18 +225,18 @@ def _load_imagefolder(root: str | None, image_size: int) -> RawData:
         raise EdgecompressError(f"data.root='{root}': no class folders in {top}; {expects}")
     failures: list[str] = []
     trees = {s: d for s, d in split_dirs.items() if d.is_dir()} if predefined else {"all": base}
-    pools = {s: _load_tree(d, classes, image_size, base, failures) for s, d in trees.items()}
+    pools = {s: _load_tree(d, classes, image_size, base, failures, resize_size) for s, d in trees.items()}
     if failures:
         raise EdgecompressError(f"data.root='{root}': {len(failures)} unreadable image(s): {_listing(failures)}; "
                                 "fix or remove them")
     return RawData(classes, pools)
 
 
-# name -> reader(root, image_size)
-DATASETS: dict[str, Callable[[str | None, int], RawData]] = {
+# name -> reader(root, image_size, resize_size)
+DATASETS: dict[str, Callable[[str | None, int, int | None], RawData]] = {
     "digits": _load_digits,
-    "cifar10": lambda root, size: _load_cifar("cifar10", root, size),
-    "cifar100": lambda root, size: _load_cifar("cifar100", root, size),
+    "cifar10": lambda root, size, resize=None: _load_cifar("cifar10", root, size, resize),
+    "cifar100": lambda root, size, resize=None: _load_cifar("cifar100", root, size, resize),
     "imagefolder": _load_imagefolder,
 }
 

@@ -145,12 +145,15 @@ def load_torch(path: str | Path, what: str = "checkpoint") -> Any:
 
 def _load_cause(exc: BaseException) -> str:
     """The reason torch gives, without its advice to retry with weights_only=False (the unsafe thing:
-    its first line says so and would hide the cause, e.g. 'unsupported GLOBAL posix.system')."""
+    its first lines say so and would hide the cause, e.g. 'Unsupported global: GLOBAL posix.system')."""
     text = str(exc)
-    if "weights_only" in first_line(exc, limit=len(text) + 1):
-        causes = [line.strip() for line in text.splitlines()
-                  if line.strip() and "weights_only" not in line and not line.startswith("Check the documentation")]
-        cause = causes[0] if causes else first_line(exc)
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    blocked = [line for line in lines if "Unsupported global" in line or "WeightsUnpickler error" in line]
+    if blocked or "weights_only" in first_line(exc, limit=len(text) + 1) or text.startswith("Weights only load failed"):
+        causes = blocked or [line for line in lines if "weights_only" not in line and "Weights only" not in line
+                             and not line.startswith("Check the documentation")]
+        cause = causes[0].split("WeightsUnpickler error:")[-1].split(" was not an allowed global")[0].strip() \
+            if causes else first_line(exc)
         return (f"{cause[:200]}; it holds objects other than tensors and containers, and only code you trust "
                 "may be unpickled")
     return first_line(exc)

@@ -148,7 +148,8 @@ def _torchvision(name: str, adapt: Callable[[nn.Module], nn.Module]) -> None:
     register(name, "torchvision")(build)
 
 
-for _name in ("resnet18", "resnet34", "resnet50"):
+TORCHVISION_RESNETS = ("resnet18", "resnet34", "resnet50")  # small_input swaps their 7x7 stem for a new 3x3 conv
+for _name in TORCHVISION_RESNETS:
     _torchvision(_name, _small_stem_resnet)
 for _name in ("mobilenet_v2", "mobilenet_v3_small", "mobilenet_v3_large", "efficientnet_b0"):
     _torchvision(_name, _small_stem_first_conv)
@@ -189,17 +190,34 @@ def build_model(name: str, num_classes: int, width: float = 1.0, small_input: bo
     return ARCHITECTURES[name].build(num_classes, width, small_input)
 
 
+RANDOM_INIT = "random"
+PRETRAINED_INIT = "pretrained"
+WEIGHTS_ALLOWED = "random, pretrained, or the path of a state dict or edgecompress checkpoint file"
+
+
 @dataclass(frozen=True)
 class ArchParams(Settings):
-    """One network of the chain (`model.teacher`, `model.student`): registry name and width."""
+    """One network of the chain (`model.teacher`, `model.student`): registry name, width, where its
+    first weights come from (`init_weights.initial_model`) and which of its parameters train."""
 
     arch: str = "resnet20"  # registry name (see README) or timm:<name>
     width: float = 1.0  # channel multiplier (CIFAR ResNets)
+    weights: str = RANDOM_INIT  # random | pretrained (ImageNet, offline) | path of a state dict or checkpoint
+    train_stages: tuple[str, ...] | None = None  # parameter-name prefixes that train; null = all
 
     def validate(self) -> None:
         check(is_known_architecture(self.arch), "arch", self.arch,
               f"allowed: {', '.join(architecture_names())} or timm:<name>")
         check(0 < self.width <= 8, "width", self.width, "must be a number in (0, 8]")
+        if self.weights not in (RANDOM_INIT, PRETRAINED_INIT):
+            check(Path(self.weights).is_file(), "weights", self.weights, f"file not found; allowed: {WEIGHTS_ALLOWED}")
+        if self.weights == PRETRAINED_INIT:
+            family = "timm" if self.arch.startswith("timm:") else ARCHITECTURES[self.arch].family
+            check(family != "cifar-resnet", "weights", self.weights,
+                  f"{self.arch} has no pretrained weights; pretrained needs a torchvision or timm:<name> arch")
+            check(self.width == 1.0, "width", self.width, "pretrained weights need width 1.0")
+        check(self.train_stages is None or len(self.train_stages) > 0, "train_stages", self.train_stages,
+              "must be null (everything trains) or name at least one parameter prefix")
 
 
 # ----------------------------------------------------------------------------------------------

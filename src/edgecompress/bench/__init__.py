@@ -5,6 +5,9 @@
   named-block timer (`BlockTimer`) every pipeline uses;
 - `environment`: the hardware/software fingerprint and the measured GEMM roofline;
 - `profile`: per-operator tables and Chrome traces (torch.profiler, ONNX Runtime's profiler);
+- `contention`: the machine's load around a measurement (`LoadMonitor`), one measurement retried while
+  contended (`watched`, under a params block's `LoadPolicy`) and what metrics and REPORTs say of it:
+  shared by the chain's benchmark and the zoo and detection timers;
 - `chain`: the chain's `benchmark` stage: every variant loaded from its artifact and measured side by
   side, each in its own process.
 

@@ -27,7 +27,7 @@ from tqdm.auto import tqdm
 
 from edgecompress import EdgecompressError, first_line
 from edgecompress.bench.config import BenchConfig
-from edgecompress.bench.contention import LoadMonitor, LoadSources
+from edgecompress.bench.contention import LoadPolicy, LoadSources, contended, watched
 from edgecompress.bench.environment import achieved_fraction, environment_fingerprint, gemm_roofline
 from edgecompress.bench.profile import OpenVINOPredict, OrtPredict, profile_ops
 from edgecompress.bench.timing import latency_sweep, peak_rss_mb, sig, take_batch
@@ -270,22 +270,11 @@ def measure_watched(spec: VariantSpec, *, prepared_dir: str | Path, config: Benc
     """`benchmark_variant` (isolated or not, per `config.isolate`) with the machine's load recorded around it
     (`result["load"]`); a measurement taken under contention (`config.max_load`) is repeated up to
     `config.retries` times after waiting up to `config.wait_s` for a quiet machine, and stays flagged
-    ("contended": true) when the machine never quietened."""
+    ("contended": true) when the machine never quietened (`contention.watched`)."""
     measure = benchmark_variant_isolated if config.isolate else benchmark_variant
-    if config.max_load is None:
-        return measure(spec, prepared_dir=prepared_dir, config=config, profile_dir=profile_dir)
-    monitor = LoadMonitor(config.max_load, sources)
-    for attempt in range(config.retries + 1):
-        if attempt:
-            monitor.wait_for_quiet(config.wait_s)
-        monitor.start()
-        result = measure(spec, prepared_dir=prepared_dir, config=config, profile_dir=profile_dir)
-        load = monitor.stop()
-        if not load["contended"]:
-            break
-        log.warning("%s measured under contention (other processes %s cores, stolen %s cores)%s", spec.name,
-                    load["other_cpu_cores"], load["steal_cores"], "; measuring again" if attempt < config.retries else "")
-    return {**result, "load": {**load, "attempts": attempt + 1}}
+    result, load = watched(lambda: measure(spec, prepared_dir=prepared_dir, config=config, profile_dir=profile_dir),
+                           LoadPolicy.of(config, sources), spec.name)
+    return result if load is None else {**result, "load": load}
 
 
 def run_benchmark(specs: Sequence[VariantSpec], skipped: dict[str, dict[str, Any]], *, prepared_dir: str | Path,
@@ -331,9 +320,8 @@ def run_benchmark(specs: Sequence[VariantSpec], skipped: dict[str, dict[str, Any
             result["roofline_fraction"] = {b: sig(achieved_fraction(result["macs"], lat["median"], peak), 4)
                                            for b, lat in result["latency_ms"].items()}
     variants.update(skipped)
-    contended = [n for n, v in variants.items() if (v.get("load") or {}).get("contended")]
     return {"environment": environment_fingerprint(config.threads, config.device), "roofline": roofline,
-            "config": config.to_dict(), "variants": variants, "contended": contended}
+            "config": config.to_dict(), "variants": variants, "contended": [name for name, _ in contended(variants)]}
 
 
 def _main(argv: list[str]) -> int:

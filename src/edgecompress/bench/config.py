@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from edgecompress.config import Settings, check, check_choice, is_batch_list
+from edgecompress.config import Settings, check, check_choice, check_load_policy, is_batch_list
 from edgecompress.quantize.config import fp32_runtime_variants
 
 DEVICES = ("cpu", "cuda")  # where variants run and are timed
@@ -35,9 +35,7 @@ class BenchConfig(Settings):
             check(getattr(self, key) >= low, key, getattr(self, key), f"must be an integer >= {low}")
         check(0 <= self.min_time_s <= 60, "min_time_s", self.min_time_s, "must be seconds in [0, 60]")
         check_choice(self.device, "device", DEVICES)
-        check(self.max_load is None or self.max_load > 0, "max_load", self.max_load, "must be null or cores > 0")
-        check(self.retries >= 0, "retries", self.retries, "must be an integer >= 0")
-        check(0 <= self.wait_s <= 3600, "wait_s", self.wait_s, "must be seconds in [0, 3600]")
+        check_load_policy(self)
 
 
 LATENCY_RUNTIMES = ("eager", *fp32_runtime_variants())  # where the prune stage can time a model

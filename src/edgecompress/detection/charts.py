@@ -29,6 +29,11 @@ def model_label(name: str, entry: dict[str, Any]) -> str:
     return f"{name} (random weights)" if entry.get("random_weights") else name
 
 
+def timed_rows(models: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """detect_eval's timed passes by "<model> b<batch>": what its metrics' "contention" block and the REPORT name."""
+    return {f"{name} b{batch}": row for name, entry in models.items() for batch, row in entry["batch_sizes"].items()}
+
+
 def _points(metrics: dict[str, Any], time_key: str, map_key: str) -> dict[str, list[tuple[int, float, float]]]:
     out: dict[str, list[tuple[int, float, float]]] = {}
     for name, entry in metrics["models"].items():

@@ -27,6 +27,7 @@ import torch
 import torch.nn as nn
 
 from edgecompress import EdgecompressError, first_line
+from edgecompress.bench.contention import LoadPolicy
 from edgecompress.detection.data import DetectionDataset, outside
 from edgecompress.detection.inference import evaluate_detector, image_tensor, letterbox
 from edgecompress.detection.gate import Gate, gated
@@ -274,10 +275,10 @@ def build_variants(detector: Detector, wanted: Sequence[str], *, calibration: Se
 
 
 def evaluate_variants(built: dict[str, Built], names: Sequence[str], ds: DetectionDataset, *, batch_size: int,
-                      settings: dict[str, Any]) -> dict[str, dict[str, Any]]:
+                      settings: dict[str, Any], watch: LoadPolicy = LoadPolicy()) -> dict[str, dict[str, Any]]:
     """The metrics row of each variant in `names` (in that order): its record, parameter count and
-    `evaluate_detector`'s row at `batch_size` (`settings`: `inference.evaluation_settings`); a skipped
-    variant keeps its reason only."""
+    `evaluate_detector`'s row at `batch_size` (`settings`: `inference.evaluation_settings`; each timed pass
+    watched under `watch`, its "load" in the row); a skipped variant keeps its reason only."""
     variants = {}
     for name in names:
         variant, info = built[name]
@@ -285,7 +286,7 @@ def evaluate_variants(built: dict[str, Built], names: Sequence[str], ds: Detecti
             variants[name] = info
             log.info("%s skipped: %s", name, info["skipped"])
             continue
-        row, _ = evaluate_detector(variant, ds, batch_size=batch_size, **settings)
+        row, _ = evaluate_detector(variant, ds, batch_size=batch_size, **settings, watch=watch, label=name)
         variants[name] = {**info, "params": variant.params() or None, **row}
         log.info("%s: mAP %.3f mAP@.5 %.3f, %.1f ms/image inference (model %.1f ms)", name, row["map"],
                  row["map_50"], row["timing"]["inference_ms_per_image"],

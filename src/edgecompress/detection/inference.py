@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -21,6 +22,7 @@ import torch
 import torch.nn as nn
 from PIL import Image
 
+from edgecompress.bench.contention import LoadPolicy, watched
 from edgecompress.bench.timing import BlockTimer
 from edgecompress.detection import metrics
 from edgecompress.detection.data import DetectionDataset
@@ -213,10 +215,15 @@ def run_detector(detector: Detector, image_paths: Sequence[Path], dataset_classe
 
 def evaluate_detector(detector: Detector, ds: DetectionDataset, *, batch_size: int, conf_threshold: float,
                       map_conf_threshold: float, iou_threshold: float, max_det: int, warmup_batches: int,
-                      agreement_points: float) -> tuple[dict[str, Any], list[dict[str, torch.Tensor]]]:
+                      agreement_points: float, watch: LoadPolicy = LoadPolicy(), label: str = "detector",
+                      ) -> tuple[dict[str, Any], list[dict[str, torch.Tensor]]]:
     """One timed pass of `detector` over the data set `ds` and every
     metric of it: mAP (torchmetrics, cross-checked with pycocotools), the operating point at
     `conf_threshold`, and the block times.
+
+    The pass is watched under `watch` (`bench.contention.watched`, named `label` in its warning): run while
+    other processes took the CPU, it runs again (same predictions, new times) and the row records its
+    "load"; the default watches nothing (monitoring passes whose times are not reported).
 
     One pass at the low `map_conf_threshold` serves both: NMS keeps the same boxes above
     `conf_threshold` whether it ran at that threshold or a lower one (a box is only suppressed by
@@ -226,15 +233,16 @@ def evaluate_detector(detector: Detector, ds: DetectionDataset, *, batch_size: i
         (row for the metrics JSON, the predictions at `conf_threshold` per image).
     """
     paths = [Path(ds.images_dir) / image.file_name for image in ds.images]
-    preds, timing = run_detector(detector, paths, ds.classes, batch_size=batch_size, conf_threshold=map_conf_threshold,
-                                 iou_threshold=iou_threshold, max_det=max_det, warmup_batches=warmup_batches)
+    (preds, timing), load = watched(partial(run_detector, detector, paths, ds.classes, batch_size=batch_size,
+                                            conf_threshold=map_conf_threshold, iou_threshold=iou_threshold,
+                                            max_det=max_det, warmup_batches=warmup_batches), watch, label)
     evaluation = metrics.evaluate_detections(ds, preds, tolerance_points=agreement_points)
     deployed = [{key: value[pred["scores"] >= conf_threshold] for key, value in pred.items()} for pred in preds]
     operating = metrics.precision_recall_f1(deployed, ds.images)
     row = {"map": evaluation["torchmetrics"]["map"], "map_50": evaluation["torchmetrics"]["map_50"],
            "torchmetrics": evaluation["torchmetrics"], "pycocotools": evaluation["pycocotools"],
            "agreement": evaluation["agreement"], "operating_point": {"conf_threshold": conf_threshold, **operating},
-           "pred_boxes_for_map": evaluation["pred_boxes"], "timing": timing}
+           "pred_boxes_for_map": evaluation["pred_boxes"], "timing": timing, **({"load": load} if load else {})}
     return row, deployed
 
 

@@ -11,7 +11,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from edgecompress.config import DEVICES, Settings, check, check_budget, check_choice, check_distinct, is_batch_list
+from edgecompress.config import (DEVICES, Settings, check, check_budget, check_choice, check_distinct, check_load_policy,
+                                 is_batch_list)
 from edgecompress.detection.families import FAMILIES
 
 FORMATS = ("coco", "voc", "yolo")  # source data set formats
@@ -160,6 +161,12 @@ class DetectionParams(Settings):
     device: str = "cpu"  # cpu | cuda | auto
     threads: int = 2
     warmup_batches: int = 1  # untimed batches before each timed pass
+    # each timed pass (detect_eval: model x batch size, detect_compress: variant, detect_profile: model) watches the
+    # machine's load (bench.contention): other processes' or stolen CPU above max_load cores flags it, and it runs
+    # again (after waiting up to wait_s for a quiet machine) up to `retries` times; null = not monitored
+    max_load: float | None = 0.25
+    retries: int = 2
+    wait_s: float = 30.0
     conf_threshold: float = 0.25  # boxes kept for precision/recall/F1 and the visualizations
     map_conf_threshold: float = 0.001  # boxes kept for mAP (low, as COCO evaluation expects)
     iou_threshold: float = 0.45  # NMS IoU
@@ -180,6 +187,7 @@ class DetectionParams(Settings):
         check_choice(self.device, "device", DEVICES)
         check(self.threads >= 1, "threads", self.threads, "must be an integer >= 1")
         check(self.warmup_batches >= 0, "warmup_batches", self.warmup_batches, "must be an integer >= 0")
+        check_load_policy(self)
         for key in ("conf_threshold", "map_conf_threshold", "iou_threshold"):
             check(0 <= getattr(self, key) <= 1, key, getattr(self, key), "must be a number in [0, 1]")
         check(self.max_det >= 1, "max_det", self.max_det, "must be an integer >= 1")

@@ -6,7 +6,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from edgecompress.detection.charts import PARETO_FILE, PLOT_FILES, model_label, variant_points
+from edgecompress.bench.contention import pipeline_contention_lines
+from edgecompress.detection.charts import PARETO_FILE, PLOT_FILES, model_label, timed_rows, variant_points
 from edgecompress.io import read_json, write_text
 from edgecompress.markdown import markdown_table, percent, times
 from edgecompress.plots import pareto_front
@@ -197,7 +198,18 @@ def render_report(metrics: dict[str, Any], data: dict[str, Any], imported: dict[
     env = metrics.get("environment", {})
     out += ["## Environment", "", f"{env.get('cpu')} ({env.get('logical_cores')} logical cores), device "
             f"{env.get('device')}, torch {env.get('torch')}, Python {env.get('python')}.", ""]
+    out += contention_report_lines(metrics, compress, profile)
     return "\n".join(out).rstrip() + "\n"
+
+
+def contention_report_lines(metrics: dict[str, Any], compress: dict[str, Any] | None,
+                            profile: dict[str, Any] | None) -> list[str]:
+    """Which timed passes of detect_eval, detect_compress and detect_profile ran while other processes took
+    the CPU (`detection.max_load`)."""
+    stages = {"detect_eval": (metrics.get("contention"), timed_rows(metrics["models"])),
+              "detect_compress": ((compress or {}).get("contention"), (compress or {}).get("variants", {})),
+              "detect_profile": ((profile or {}).get("contention"), (profile or {}).get("models", {}))}
+    return pipeline_contention_lines(stages, setting="detection.max_load")
 
 
 def _profile_section(profile: dict[str, Any]) -> list[str]:

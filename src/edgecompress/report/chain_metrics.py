@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Iterable
 
 from edgecompress import EdgecompressError
+from edgecompress.bench import contention
 from edgecompress.bench.results import FP32_RUNTIMES, latency_of
 from edgecompress.bench.results import fastest as fastest_variant
 from edgecompress.goals import target
@@ -185,14 +186,6 @@ def performance_goals(bench: dict) -> dict:
 
 def contention_lines(bench: dict, notes: list[str]) -> list[str]:
     """Which variants were measured while other processes took the CPU (bench.max_load), with how much."""
-    limit = bench.get("config", {}).get("max_load")
-    if limit is None:
-        return ["Contention was not monitored (bench.max_load: null).", ""]
     flagged = [(n, bench["variants"][n]["load"]) for n in bench.get("contended", []) if n in bench["variants"]]
-    if not flagged:
-        return [f"Every variant was measured on a quiet machine (other processes and stolen CPU ≤ {limit} cores).", ""]
-    text = ", ".join(f"`{n}` ({load.get('other_cpu_cores')} cores other, {load.get('steal_cores')} stolen, "
-                     f"{load.get('attempts')} attempts)" for n, load in flagged)
-    notes.append(f"Measured under contention (other processes or stolen CPU above bench.max_load = {limit} cores "
-                 f"after every retry): {text}. Their latencies are not comparable; re-run on a quiet machine.")
-    return [f"**Under contention** (> {limit} cores of other processes or stolen CPU): {text}.", ""]
+    return contention.contention_lines(flagged, bench.get("config", {}).get("max_load"), setting="bench.max_load",
+                                       what="variant", notes=notes)

@@ -1,13 +1,15 @@
 """How a zoo model is measured: top-1/top-5 with the exact interval of top-1, fidelity of a quantized
 model to its FP32 original, MACs, size and latency per batch size (stage zoo_benchmark), and the
 dynamic and FX static INT8 analyses (stage zoo_quantize) with the chain's quantization backend
-(`quantize.fx`) and timer (`bench.timing`)."""
+(`quantize.fx`) and timer (`bench.timing`); every batch size's timing watches the machine's load
+(`bench.contention`: the `zoo.max_load` / `retries` / `wait_s` params), as the chain's benchmark does."""
 
 from __future__ import annotations
 
 import io
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +17,7 @@ import torch
 from torch import nn
 
 from edgecompress import first_line
+from edgecompress.bench.contention import LoadPolicy, watched
 from edgecompress.bench.timing import latency_sweep
 from edgecompress.models import count_params
 from edgecompress.quantize.common import BackendUnsupported
@@ -23,7 +26,7 @@ from edgecompress.quantize.fx import (layer_summary, linear_layers_called, quant
 from edgecompress.zoo.imagenet import (Subset, default_imagenet_classes, describe_preprocessing,
                                        evaluation_and_calibration, imagenet_subset, load_imagenet_classes)
 from edgecompress.zoo.params import ZooParams
-from edgecompress.zoo.weights import ResolvedWeights, load_pretrained, preprocessing, published_accuracy, resolve_models
+from edgecompress.weights import ResolvedWeights, load_pretrained, preprocessing, published_accuracy, resolve_models
 
 log = logging.getLogger(__name__)
 
@@ -110,39 +113,55 @@ def inference_predict(model: nn.Module) -> Any:
 
 @dataclass(frozen=True)
 class Measurement:
-    """How a zoo model is measured: evaluation batch and the latency sweep's settings."""
+    """How a zoo model is measured: evaluation batch, the latency sweep's settings and the load policy
+    its timings are watched under (the default watches nothing)."""
 
     batch_sizes: tuple[int, ...] = (1, 4, 8, 16)
     warmup: int = 1
     repeats: int = 3
     min_time_s: float = 0.0
     eval_batch_size: int = 25
+    load: LoadPolicy = field(default_factory=LoadPolicy)
 
     @classmethod
     def from_params(cls, params: ZooParams) -> "Measurement":
         """The latency/evaluation settings of the `zoo` params block."""
         return cls(batch_sizes=params.batch_sizes, warmup=params.warmup, repeats=params.repeats,
-                   min_time_s=params.min_time_s, eval_batch_size=params.eval_batch_size)
+                   min_time_s=params.min_time_s, eval_batch_size=params.eval_batch_size,
+                   load=LoadPolicy.of(params))
 
 
 def latency_at_batch_sizes(predict: Any, images: torch.Tensor, how: Measurement,
-                   batch_sizes: tuple[int, ...] | None = None) -> dict[str, Any]:
-    return latency_sweep(predict, images, batch_sizes=batch_sizes or how.batch_sizes, warmup=how.warmup,
-                         repeats=how.repeats, min_time_s=how.min_time_s)
+                           batch_sizes: tuple[int, ...] | None = None, label: str = "latency") -> dict[str, Any]:
+    """`latency_sweep` one batch size at a time, each timing watched under `how.load` (`contention.watched`):
+    a batch size timed while other processes took the CPU is timed again, not the whole sweep. When
+    monitored, "load" holds each batch size's record ({"<b>": {..., "contended", "attempts"}})."""
+    out: dict[str, Any] = {}
+    loads: dict[str, dict[str, Any]] = {}
+    for b in batch_sizes or how.batch_sizes:
+        sweep, load = watched(partial(latency_sweep, predict, images, batch_sizes=(b,), warmup=how.warmup,
+                                      repeats=how.repeats, min_time_s=how.min_time_s), how.load, f"{label} b{b}")
+        for key, per_batch in sweep.items():
+            out.setdefault(key, {}).update(per_batch)
+        if load is not None:
+            loads[str(b)] = load
+    return {**out, "load": loads} if loads else out
 
 
 def measure(predict: Any, images: torch.Tensor, targets: tuple[int, ...], how: Measurement,
-            batch_sizes: tuple[int, ...] | None = None, reference: torch.Tensor | None = None) -> dict[str, Any]:
+            batch_sizes: tuple[int, ...] | None = None, reference: torch.Tensor | None = None,
+            label: str = "latency") -> dict[str, Any]:
     """Top-1/top-5 with the exact interval of top-1, and latency per batch size (median/IQR per image
     and per call, throughput) with the chain's timer, on the same real images. With `reference` (the
-    FP32 model's logits) also the `fidelity` of these logits to it, from the same forward pass."""
+    FP32 model's logits) also the `fidelity` of these logits to it, from the same forward pass. `label`
+    names the measurement in the contention warning."""
     logits = predict_all(predict, images, how.eval_batch_size)
     accuracy = topk_from_logits(logits, targets)
     correct = round(accuracy["top1"] * len(targets))
     result = {**accuracy, "top1_interval95": accuracy_interval(correct, len(targets))}
     if reference is not None:
         result.update(fidelity(reference, logits))
-    return {**result, **latency_at_batch_sizes(predict, images, how, batch_sizes)}
+    return {**result, **latency_at_batch_sizes(predict, images, how, batch_sizes, label)}
 
 
 def benchmark_model(resolved: ResolvedWeights, images: torch.Tensor, targets: tuple[int, ...],
@@ -151,7 +170,7 @@ def benchmark_model(resolved: ResolvedWeights, images: torch.Tensor, targets: tu
     beside it), params, MACs (`count_op_macs`), weights file size and latency per batch size."""
     model = load_pretrained(resolved)
     published = published_accuracy(resolved)
-    result = measure(inference_predict(model), images, targets, how)
+    result = measure(inference_predict(model), images, targets, how, label=resolved.arch)
     if published and published.get("top1") is not None:
         low, high = result["top1_interval95"]
         result["published_in_interval"] = low * 100 <= published["top1"] <= high * 100
@@ -175,7 +194,7 @@ def fp32_latency(model: nn.Module, images: torch.Tensor, how: Measurement) -> di
     """The FP32 model's latency sweep, measured in the quantization stage itself right before its
     quantized versions: on a shared machine, timings taken minutes apart in another stage differ by
     more than dynamic quantization changes a CNN."""
-    return latency_at_batch_sizes(inference_predict(model), images, how)
+    return latency_at_batch_sizes(inference_predict(model), images, how, label="eager")
 
 
 def failure(exc: Exception, what: str) -> dict[str, str]:
@@ -193,7 +212,7 @@ def dynamic_analysis(model: nn.Module, images: torch.Tensor, targets: tuple[int,
     quantized = quantize_dynamic_linear(model, images[:1])
     try:
         with quant_engine(quantized.quant_engine):
-            result = measure(inference_predict(quantized), images, targets, how)
+            result = measure(inference_predict(quantized), images, targets, how, label="dynamic")
     except Exception as exc:  # noqa: BLE001 - the model's own forward rejects the quantized module
         return failure(exc, "running the dynamically quantized model")
     return {"layers": layer_summary(quantized), "size_mb": state_dict_mb(quantized), "note": DYNAMIC_NOTE, **result}
@@ -226,7 +245,7 @@ def static_analysis(model: nn.Module, images: torch.Tensor, targets: tuple[int, 
         try:
             with quant_engine(backend):
                 result = measure(inference_predict(quantized), images, targets, how, batch_sizes=(batch_size,),
-                                 reference=reference)
+                                 reference=reference, label=f"fx_{name}")
         except Exception as exc:  # noqa: BLE001 - e.g. an op without a quantized kernel on this engine
             results[name] = failure(exc, f"running the {name} INT8 model")
             continue

@@ -7,11 +7,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from edgecompress.config import Settings, check, check_budget, check_choice, check_distinct, is_batch_list
+from edgecompress.config import (Settings, check, check_budget, check_choice, check_distinct, check_load_policy,
+                                 is_batch_list)
 from edgecompress.data import AugmentParams, DataParams
 from edgecompress.quantize.config import OnnxInt8Config, OpenVINOConfig
 from edgecompress.train import TrainParams
-from edgecompress.zoo.weights import OWN_WEIGHTS, PRETRAINED, WEIGHTS_CHOICES, zoo_classifiers
+from edgecompress.weights import OWN_WEIGHTS, PRETRAINED, WEIGHTS_CHOICES, zoo_classifiers
 
 STATIC_QCONFIGS = ("x86", "fbgemm", "qnnpack", "custom", "vnni")  # FX static INT8 per engine, plus two x86 QConfigs
 RUNTIMES = ("compiled", "onnx_fp32", "onnx_int8", "openvino_fp32", "openvino_int8")  # zoo.runtimes.RUNTIMES
@@ -30,6 +31,12 @@ class ZooParams(Settings):
     warmup: int = 1  # untimed calls per batch size
     repeats: int = 3  # timed calls per batch size (median, IQR)
     min_time_s: float = 0.0
+    # every timed measurement (model x variant x batch size) watches the machine's load (bench.contention):
+    # other processes' or stolen CPU above max_load cores flags it, and it is timed again (after waiting up
+    # to wait_s for a quiet machine) up to `retries` times; null = not monitored
+    max_load: float | None = 0.25
+    retries: int = 2
+    wait_s: float = 30.0
     threads: int = 2
     eval_batch_size: int = 25
     dynamic: bool = True  # dynamic INT8 (Linear layers) over batch_sizes
@@ -58,6 +65,7 @@ class ZooParams(Settings):
         check(self.warmup >= 0, "warmup", self.warmup, "must be an integer >= 0")
         check(self.repeats >= 3, "repeats", self.repeats, "must be an integer >= 3 (median and IQR)")
         check(0 <= self.min_time_s <= 60, "min_time_s", self.min_time_s, "must be seconds in [0, 60]")
+        check_load_policy(self)
         check(self.threads >= 1, "threads", self.threads, "must be an integer >= 1")
         check(self.eval_batch_size >= 1, "eval_batch_size", self.eval_batch_size, "must be an integer >= 1")
         check_distinct(self.static, "static", STATIC_QCONFIGS, non_empty=False)

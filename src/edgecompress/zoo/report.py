@@ -14,6 +14,7 @@ from typing import Any
 
 import matplotlib.pyplot as plt
 
+from edgecompress.bench.contention import pipeline_contention_lines
 from edgecompress.goals import target
 from edgecompress.io import read_json, write_text
 from edgecompress.markdown import markdown_table, relative_link
@@ -24,6 +25,21 @@ RANDOM_TAG = " (random weights)"
 PLOT_FILES = {"accuracy_vs_latency": "zoo_accuracy_vs_latency.png",
               "batch_size_analysis": "batch_size_analysis_combined.png",
               "static_quant_analysis": "static_quant_analysis.png"}
+
+
+def quantize_timings(models: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """zoo_quantize's timed entries by "<arch> <variant>" (variants named as in the runtimes table: `eager`,
+    `dynamic`, the runtimes, `fx_<config>`): what its metrics' "contention" block and the REPORT name."""
+    return {f"{arch} {name}": entry for arch, model in models.items()
+            for name, entry in {"dynamic": model.get("dynamic"), **candidates(model)}.items()
+            if entry and "skipped" not in entry}
+
+
+def contention_report_lines(zoo: dict[str, Any], quant: dict[str, Any]) -> list[str]:
+    """Which timings of both stages were taken while other processes took the CPU (`zoo.max_load`)."""
+    return pipeline_contention_lines({"zoo_benchmark": (zoo.get("contention"), zoo["models"]),
+                                      "zoo_quantize": (quant.get("contention"), quantize_timings(quant["models"]))},
+                                     setting="zoo.max_load")
 
 
 def _label(arch: str, entry: dict[str, Any]) -> str:
@@ -184,6 +200,7 @@ def render_report(zoo: dict[str, Any], quant: dict[str, Any], plots: dict[str, s
              f"`{images['root']}`; class list: {images['class_list']}. CPU: {zoo['environment'].get('cpu')}, "
              f"{zoo['threads']} threads, torch {zoo['environment'].get('torch')}. Latency: median over "
              f"{zoo['timing']['repeats']}+ timed calls after {zoo['timing']['warmup']} warm-up per batch size.", ""]
+    lines += contention_report_lines(zoo, quant)
     random = [a for a, e in zoo["models"].items() if e.get("random_weights")]
     if random:
         lines += [f"**Random weights (untrained): {', '.join(random)}.** No official weights file for them was "

