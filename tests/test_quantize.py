@@ -26,7 +26,7 @@ from edgecompress.quantize import artifacts, fx, onnx, openvino
 from edgecompress.models import build_model
 
 NUM_CLASSES = 10
-INT8_VARIANTS = ("ptq_x86", "ptq_fbgemm", "ptq_qnnpack", "ptq_custom", "qat", "onnx_int8", "openvino_int8")
+INT8_VARIANTS = ("ptq_x86", "ptq_fbgemm", "ptq_qnnpack", "ptq_custom", "ptq_vnni", "qat", "onnx_int8", "openvino_int8")
 
 
 def _sample(prototypes: torch.Tensor, n: int, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
@@ -88,6 +88,7 @@ def variants(setup, tmp_path_factory) -> dict:
         if backend in torch.backends.quantized.supported_engines:
             built[f"ptq_{backend}"] = fx.quantize_static_fx(model, calib, backend=backend)
     built["ptq_custom"] = fx.quantize_static_fx(model, calib, backend="x86", qconfig="custom")
+    built["ptq_vnni"] = fx.quantize_static_fx(model, calib, backend="x86", qconfig="vnni")
     built["dynamic"] = fx.quantize_dynamic_linear(model)
     built["fp16"] = fx.to_fp16(model)
     # QAT: one tiny training step, then the freeze helpers the training loop uses in its last epochs.

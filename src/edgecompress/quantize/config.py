@@ -57,6 +57,11 @@ VARIANTS: dict[str, Variant] = {  # in report order
         describe=lambda c: {"method": "FX static PTQ", "backend": "x86", **_calibrated(c),
                             "qconfig": "HistogramObserver activations (quint8, full range), 7-bit per-channel "
                                        "symmetric MinMaxObserver weights (qint8)"}),
+    "ptq_vnni": Variant(
+        "static_ptq", "torch", int8=True, options={"backend": "x86", "qconfig": "vnni"},
+        describe=lambda c: {"method": "FX static PTQ", "backend": "x86", **_calibrated(c),
+                            "qconfig": "8-bit HistogramObserver activations and 8-bit per-channel weights, 7-bit "
+                                       "weights on depthwise convolutions only (quantize.fx.vnni_qconfig_mapping)"}),
     "dynamic": Variant(
         "dynamic", "torch", int8=False,
         describe=lambda c: {"method": "dynamic quantization (quantize_dynamic)", "backend": "x86",
