@@ -15,9 +15,11 @@ from dataclasses import asdict
 from functools import partial
 from pathlib import Path
 
+import torch
+
 from edgecompress import EdgecompressError, distributed
 from edgecompress.bench.timing import latency_sweep
-from edgecompress.classifier import EVAL_BATCH_SIZE
+from edgecompress.classifier import EVAL_BATCH_SIZE, score_as_step0
 from edgecompress.data import load_meta, make_loader
 from edgecompress.distill import hard_label_loss
 from edgecompress.io import write_json
@@ -86,6 +88,10 @@ def main() -> None:
             results["qat"]["processes"] = distributed.world_size()  # data-parallel QAT ranks
         for name in os.listdir(staging):
             os.replace(Path(staging, name), Path(args.out_dir, name))
+    if not ("qat" in variant_names(cfg) and cfg.qat_epochs > 0):  # DVC requires the declared QAT curves
+        with open_live(args.live) as live:
+            score_as_step0(model, loader("val", batch_size=EVAL_BATCH_SIZE, train=False),
+                           num_classes=meta["num_classes"], device=torch.device("cpu"), amp=False, live=live)
     write_json(args.metrics, {"variants": results, "targets": quality_targets(results), "config": cfg.to_dict()})
 
 

@@ -106,3 +106,24 @@ def test_failed_gate_leaves_the_previous_artifacts_and_metrics(tmp_path, monkeyp
     assert {path: path.read_bytes() for path in previous} == previous
     assert sorted(p.name for p in (tmp_path / "quantized").iterdir()) == ["ptq_x86.ts"]  # no staging left
     assert json.loads((tmp_path / "quantize.json").read_text()) == {}
+
+
+def test_without_qat_the_declared_curves_hold_the_starting_point(tmp_path, monkeypatch):
+    """dvc.yaml declares dvclive/qat/plots/metrics; with qat left out of quantize.variants the stage still
+    writes it (one point: the pruned FP32 model's validation score), or `dvc repro` fails after the stage."""
+    import yaml
+
+    prepare_dataset(name="digits", root=None, image_size=8, val_fraction=0.15, test_fraction=0.15, max_samples=200,
+                    seed=0, out_dir=tmp_path / "data")
+    arch = {"name": "resnet20", "num_classes": 10, "width": 0.25, "small_input": True}
+    save_checkpoint(tmp_path / "pruned.pt", build_model("resnet20", 10, width=0.25), arch, {})
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    params["quantize"].update(variants=["dynamic"], calibration_samples=32, max_accuracy_drop=None)
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "argv", ["quantize.py", "--data", "data", "--pruned", "pruned.pt", "--out-dir",
+                                      "quantized", "--metrics", "quantize.json", "--live", "live"])
+    runpy.run_path(str(ROOT / "stages" / "quantize.py"), run_name="__main__")
+    rows = (tmp_path / "live" / "plots" / "metrics" / "val" / "accuracy.tsv").read_text().splitlines()
+    assert rows[0] == "step\taccuracy" and len(rows) == 2
+    assert "qat" not in json.loads((tmp_path / "quantize.json").read_text())["variants"]

@@ -86,11 +86,12 @@ def _fit(stage: str, model: nn.Module, loader: Callable, *, epochs: int, seed: i
                             "processes": distributed.world_size()}
 
 
-def _score_untrained(model: nn.Module, loader: Callable, num_classes: int, device: Any, recipe: TrainParams,
-                     live: Any) -> dict[str, Any]:
-    """Validation accuracy of a model used as it is (epochs 0), logged as step 0 of its dvclive curves."""
-    val = evaluate(model, loader("val", batch_size=EVAL_BATCH_SIZE, train=False), num_classes=num_classes,
-                   device=device, amp=recipe.amp)
+def score_as_step0(model: nn.Module, val_loader: Any, *, num_classes: int, device: Any, amp: bool,
+                   live: Any) -> dict[str, Any]:
+    """Validation score of a model that was not trained here (teacher.epochs 0; the quantize stage without
+    QAT), logged as step 0 of its dvclive curves: the stage's declared curves then exist and show where
+    training would have started."""
+    val = evaluate(model, val_loader, num_classes=num_classes, device=device, amp=amp)
     if live is not None:
         live.log_metric("val/loss", val["loss"])
         live.log_metric("val/accuracy", val["accuracy"])
@@ -136,7 +137,8 @@ def train_classifier(*, stage: str, prepared_dir: str | Path, model: nn.Module, 
             history, fit_info = _fit(stage, model, loader, epochs=epochs, seed=seed, recipe=recipe, loss_fn=loss_fn,
                                      lr=lr, num_classes=num_classes, device=device, live=live)
         else:  # taken as it is: its validation score is the one point of its curves
-            history, fit_info = [], _score_untrained(model, loader, num_classes, device, recipe, live)
+            history, fit_info = [], score_as_step0(model, loader("val", batch_size=EVAL_BATCH_SIZE, train=False),
+                                                   num_classes=num_classes, device=device, amp=recipe.amp, live=live)
         if not main:
             return {}  # the other ranks' work ends with training; rank 0 evaluates and writes
         test = evaluate(model, loader("test", batch_size=EVAL_BATCH_SIZE, train=False), num_classes=num_classes,
