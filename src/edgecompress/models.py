@@ -28,6 +28,7 @@ import torch.nn as nn
 
 from edgecompress import EdgecompressError
 from edgecompress.config import Settings, check
+from edgecompress.efficientnet_lite import LITE_WEIGHTS, LiteWeights
 from edgecompress.io import file_size_mb, load_torch, save_torch
 
 log = logging.getLogger(__name__)
@@ -153,6 +154,21 @@ for _name in TORCHVISION_RESNETS:
     _torchvision(_name, _small_stem_resnet)
 for _name in ("mobilenet_v2", "mobilenet_v3_small", "mobilenet_v3_large", "efficientnet_b0"):
     _torchvision(_name, _small_stem_first_conv)
+
+
+def _efficientnet_lite(weights: LiteWeights) -> None:
+    def build(num_classes: int, width: float, small_input: bool) -> nn.Module:
+        # Width/depth are the variant's own; the TF stem is kept (its padding is fixed for the variant's
+        # image size; other sizes run, with TF's padding only where the parity matches).
+        if width != 1.0:
+            raise EdgecompressError(f"model width={width}: {weights.arch} supports width 1.0 only")
+        return weights.build(num_classes)
+
+    register(weights.arch, "efficientnet-lite")(build)
+
+
+for _lite in LITE_WEIGHTS:
+    _efficientnet_lite(_lite)
 
 
 def architecture_names() -> list[str]:
