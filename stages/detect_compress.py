@@ -50,7 +50,7 @@ def main() -> None:
         gate = Gate(lambda variant: monitor(variant)["map_50"], spec.max_map_drop, spec.max_float_layers, len(judged))
     built = compress.build_variants(detector, spec.variants, calibration=calib_paths, out_dir=args.models,
                                     threads=params.threads, prune_ratio=spec.prune_ratio, finetune=finetune,
-                                    gate=gate, prune_round_to=spec.prune_round_to)
+                                    gate=gate, prune_round_to=spec.prune_round_to, onnx=spec.onnx)
     watch = LoadPolicy.of(params)
     variants = compress.evaluate_variants(built, spec.variants, subset, batch_size=spec.batch_size,
                                           settings=evaluation_settings(params), watch=watch)

@@ -228,6 +228,49 @@ def test_int8_gate_rebuilds_with_float_convolutions_until_within_budget(tmp_path
     assert onnx_layer_summary(tmp_path / "m_int8.onnx")["float"] == 1  # the artifact is the one judged
 
 
+def test_onnx_int8_settings_reach_onnx_runtime_and_the_metrics_record(tmp_path: Path,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """detection.compress.onnx from params through build_variants to quantize_onnx_static (stubbed, as are
+    the export and the ONNX Runtime session: no ONNX work) next to the detection-specific Conv-only choice,
+    and named in the variant's record; the defaults are the call detect_compress hard-coded before."""
+    from edgecompress.config import parse_settings
+    from edgecompress.detection import compress
+    from edgecompress.detection.params import DetectionPipelineParams
+
+    calls: list[dict] = []
+
+    def quantize(fp32: Path, out: Path, calib: torch.Tensor, **options) -> None:
+        calls.append(options)
+        Path(out).write_bytes(b"int8")
+
+    monkeypatch.setattr(compress, "export_onnx", lambda model, x, path: Path(path).write_bytes(b"fp32"))
+    monkeypatch.setattr(compress, "quantize_onnx_static", quantize)
+    monkeypatch.setattr(compress, "OnnxModel", lambda path, threads: torch.nn.Identity())
+    monkeypatch.setattr(compress, "calibration_batch", lambda paths, imgsz: torch.rand(2, 3, imgsz, imgsz))
+    detector = Detector("m", "yolov5", "yolov5n", torch.nn.Conv2d(3, 3, 1), CLASSES, "random weights", 64,
+                        torch.device("cpu"))
+
+    def record(onnx_block: dict) -> dict:
+        spec = parse_settings(DetectionPipelineParams, {"detection": {"compress": {"onnx": onnx_block}}}).detection
+        built = compress.build_variants(detector, ["fp32", "onnx_int8"], calibration=[tmp_path / "unused.jpg"],
+                                        out_dir=tmp_path, threads=1, prune_ratio=0.3, onnx=spec.compress.onnx)
+        return built["onnx_int8"][1]
+
+    chosen = record({"quant_format": "qoperator", "calibration": "percentile"})
+    assert calls[-1] == {"batch_size": 2, "op_types": ["Conv"], "nodes_to_exclude": (), "quant_format": "qoperator",
+                         "activations": "uint8", "per_channel": True, "reduce_range": False,
+                         "calibration": "percentile", "pre_process": True}
+    assert chosen["onnx"] == {"quant_format": "qoperator", "activations": "uint8", "per_channel": True,
+                              "reduce_range": False, "calibration": "percentile", "pre_process": True}
+    assert chosen["method"] == ("ONNX Runtime static INT8 (QOperator, per-channel int8 weights, uint8 activations, "
+                                "Percentile calibration, quant_pre_process; Conv only)")  # the REPORT's Method column
+    assert chosen["op_types"] == ["Conv"]
+    record({})
+    assert calls[-1] == {"batch_size": 2, "op_types": ["Conv"], "nodes_to_exclude": (), "quant_format": "qdq",
+                         "activations": "uint8", "per_channel": True, "reduce_range": False, "calibration": "minmax",
+                         "pre_process": True}  # = the former per_channel=True call with quantize_onnx_static's defaults
+
+
 def test_round_to_keeps_pruned_widths_multiples_and_pruned_runtimes_start_from_the_pruned_network(
         tiny_v5: Detector, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """detection.compress.prune_round_to through build_variants: only pruned_onnx_fp32 is asked for, so

@@ -305,6 +305,22 @@ def test_config_validation():
     assert set(qconfig.QuantizeConfig().variants) == set(qconfig.VARIANTS)
 
 
+def test_onnx_int8_settings_are_quantize_onnx_static_keywords():
+    """`OnnxInt8Config.ort_options`, the one mapping the chain, the zoo and the detection pipeline build
+    onnx_int8 through: every setting (one left out would be silently ignored), each under a keyword
+    `quantize_onnx_static` takes; `summary` words them for a variant's "method"."""
+    import inspect
+
+    config = qconfig.OnnxInt8Config(quant_format="qoperator", activations="int8", per_channel=False, reduce_range=True,
+                                    calibration="entropy", pre_process=False)
+    assert config.ort_options() == config.to_dict()  # every field, with the value metrics record
+    assert set(config.ort_options()) <= set(inspect.signature(onnx.quantize_onnx_static).parameters)
+    assert config.summary() == ("QOperator, per-tensor int8 weights (7-bit range), int8 activations, Entropy "
+                                "calibration, no quant_pre_process")
+    assert qconfig.OnnxInt8Config().summary() == ("QDQ, per-channel int8 weights, uint8 activations, MinMax "
+                                                  "calibration, quant_pre_process")
+
+
 def test_calibration_tensors():
     data = TensorDataset(torch.randn(100, 3, 8, 8), torch.zeros(100, dtype=torch.long))
     assert qcommon.calibration_tensors(DataLoader(data, batch_size=32), 70).shape == (70, 3, 8, 8)

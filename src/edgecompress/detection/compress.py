@@ -1,12 +1,12 @@
 """Compressed variants of a detector, each evaluated exactly like the original (`detect_eval`'s
 `inference.evaluate_detector`). Exportable families (the YOLO ones): ONNX Runtime FP32 and static
-INT8 (QDQ, calibrated on images the evaluation never sees), OpenVINO FP32 and NNCF INT8, and FP16 on
-CUDA; prunable ones: structured pruning of the backbone with Torch-Pruning (`detection.pruning`:
-the detection head's output convolutions are kept, so boxes and classes keep their layout; optionally
-fine-tuned), and the pruned network on the same ONNX Runtime / OpenVINO runtimes (`pruned_*`);
-torchvision detectors: FX static INT8 of the backbone (the heads stay FP32). Which apply is read from
-the family's entry (`families.Family`); a variant that does not apply is recorded as skipped with the
-reason.
+INT8 (`detection.compress.onnx`'s settings, calibrated on images the evaluation never sees), OpenVINO
+FP32 and NNCF INT8, and FP16 on CUDA; prunable ones: structured pruning of the backbone with
+Torch-Pruning (`detection.pruning`: the detection head's output convolutions are kept, so boxes and
+classes keep their layout; optionally fine-tuned), and the pruned network on the same ONNX Runtime /
+OpenVINO runtimes (`pruned_*`); torchvision detectors: FX static INT8 of the backbone (the heads stay
+FP32). Which apply is read from the family's entry (`families.Family`); a variant that does not apply
+is recorded as skipped with the reason.
 
 Each variant is a `models.Detector` whose `model` returns the raw head output of the original (the
 first element of the YOLO head's inference tuple), so pre-processing, NMS and post-processing are the
@@ -34,6 +34,7 @@ from edgecompress.detection.gate import Gate, gated
 from edgecompress.detection.models import Detector, RawHead
 from edgecompress.detection.pruning import MAC_FIELDS, RUNTIME_PAIRS, Built, pruned_variant
 from edgecompress.io import read_image
+from edgecompress.quantize.config import OnnxInt8Config
 from edgecompress.quantize.fx import quantize_static_fx
 from edgecompress.quantize.onnx import OnnxModel, export_onnx, onnx_compute_nodes, quantize_onnx_static
 from edgecompress.quantize.openvino import (OpenVINOModel, convert_onnx_to_openvino, openvino_artifact_bytes,
@@ -77,10 +78,12 @@ def calibration_paths(source: DetectionDataset, subset: DetectionDataset, count:
 
 
 def onnx_variants(detector: Detector, out_dir: str | Path, calib: torch.Tensor, *, threads: int,
-                  int8: bool = True, gate: Gate | None = None) -> dict[str, Built]:
+                  int8: bool = True, gate: Gate | None = None, onnx: OnnxInt8Config = OnnxInt8Config()
+                  ) -> dict[str, Built]:
     """ONNX FP32 (export of the raw head output, dynamic batch; `calib[:2]` traces it) and, with
-    `int8`, ONNX Runtime static INT8 (QDQ, per-channel int8 weights, uint8 activations, MinMax
-    calibration on `calib`), through the quality `gate` when one is given."""
+    `int8`, ONNX Runtime static INT8 of its convolutions with the `onnx` settings (`detection.compress.onnx`;
+    default QDQ, per-channel int8 weights, uint8 activations, MinMax), calibrated on `calib`, through the
+    quality `gate` when one is given; its record names the settings ("method", "onnx")."""
     out_dir = Path(out_dir)
     fp32_path, int8_path = out_dir / f"{detector.name}_fp32.onnx", out_dir / f"{detector.name}_int8.onnx"
     export_onnx(RawHead(copy.deepcopy(detector.model).cpu().eval()), calib[:2], fp32_path)
@@ -92,13 +95,14 @@ def onnx_variants(detector: Detector, out_dir: str | Path, calib: torch.Tensor, 
     if int8:
         def build(float_layers: tuple[str, ...]) -> Detector:
             # Conv only: the decode tail (sigmoid, grid arithmetic, the concat of pixels and probabilities) stays float
-            quantize_onnx_static(fp32_path, int8_path, calib, per_channel=True, batch_size=min(8, len(calib)),
-                                 op_types=["Conv"], nodes_to_exclude=float_layers)
+            quantize_onnx_static(fp32_path, int8_path, calib, batch_size=min(8, len(calib)), op_types=["Conv"],
+                                 nodes_to_exclude=float_layers, **onnx.ort_options())
             return replace(detector, model=OnnxModel(int8_path, threads=threads), device=torch.device("cpu"))
 
         variant, record = gated(build, lambda: onnx_compute_nodes(fp32_path), out["onnx_fp32"][0], gate)
-        out["onnx_int8"] = (variant, {"method": "ONNX Runtime static INT8 (QDQ, per-channel, MinMax; Conv only)",
-                                      "artifact": str(int8_path), "size_mb": round(int8_path.stat().st_size / 1e6, 4),
+        out["onnx_int8"] = (variant, {"method": f"ONNX Runtime static INT8 ({onnx.summary()}; Conv only)",
+                                      "onnx": onnx.to_dict(), "op_types": ["Conv"], "artifact": str(int8_path),
+                                      "size_mb": round(int8_path.stat().st_size / 1e6, 4),
                                       "calibration_images": len(calib), **record})
     return out
 
@@ -234,7 +238,8 @@ def pruned_runtime_variants(pruned: Built, wanted: Sequence[str], out_dir: str |
 # detect_compress: every variant asked for, built and evaluated
 def build_variants(detector: Detector, wanted: Sequence[str], *, calibration: Sequence[Path], out_dir: str | Path,
                    threads: int, prune_ratio: float, finetune: Callable[[Detector], dict[str, Any]] | None = None,
-                   gate: Gate | None = None, prune_round_to: int | None = None) -> dict[str, Built]:
+                   gate: Gate | None = None, prune_round_to: int | None = None,
+                   onnx: OnnxInt8Config = OnnxInt8Config()) -> dict[str, Built]:
     """Every variant of `wanted` that applies to the detector's family, built ("fp32": the detector
     itself); the others as skipped with the reason. ONNX artifacts are written under `out_dir` (which
     exists afterwards either way: it is the stage's output), the pruned network's under `out_dir`/pruned.
@@ -245,6 +250,7 @@ def build_variants(detector: Detector, wanted: Sequence[str], *, calibration: Se
         finetune: the pruned network's fine-tuning (`pruning.pruned_finetune`), None = none.
         gate: the INT8 quality gate of onnx_int8 / openvino_int8 (not of pruned_openvino_int8).
         prune_round_to: Torch-Pruning's round_to (`pruning.pruned_variant`).
+        onnx: ONNX Runtime's INT8 settings of onnx_int8 (`detection.compress.onnx`).
     """
     facts, wanted = detector.facts, set(wanted)
     applies = {"onnx_fp32": facts.exportable, "onnx_int8": facts.exportable, "openvino_fp32": facts.exportable,
@@ -258,7 +264,8 @@ def build_variants(detector: Detector, wanted: Sequence[str], *, calibration: Se
                                            "and NMS run inside the model)"})
                   for name, ok in applies.items() if name in wanted and not ok})
     if {"onnx_fp32", "onnx_int8"} & traced:
-        built.update(onnx_variants(detector, out_dir, calib, threads=threads, int8="onnx_int8" in wanted, gate=gate))
+        built.update(onnx_variants(detector, out_dir, calib, threads=threads, int8="onnx_int8" in wanted, gate=gate,
+                                   onnx=onnx))
     if {"openvino_fp32", "openvino_int8"} & traced:
         built.update(openvino_variants(detector, out_dir, calib, threads=threads, int8="openvino_int8" in wanted,
                                        gate=gate))

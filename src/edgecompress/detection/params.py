@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from edgecompress.config import (DEVICES, Settings, check, check_budget, check_choice, check_distinct, check_load_policy,
                                  is_batch_list)
 from edgecompress.detection.families import FAMILIES
+from edgecompress.quantize.config import OnnxInt8Config  # settings data only: no backend is loaded
 
 FORMATS = ("coco", "voc", "yolo")  # source data set formats
 OPTIMIZERS = ("sgd", "adamw")  # detect_train / pruned fine-tuning
@@ -132,6 +133,11 @@ class DetectionCompressParams(Settings):
     max_map_drop: float | None = None  # INT8 quality gate: mAP@.5 points vs FP32 on gate_images; null = off
     max_float_layers: int = 4  # at most this many convolutions kept float by the gate's fallback
     gate_images: int = 16  # training-split images the gate judges on (never the evaluated subset)
+    # onnx_int8's ONNX Runtime settings, the chain's `quantize.onnx` class; its defaults (QDQ, uint8 activations,
+    # per-channel weights, MinMax, pre-processed) are the choice detect_compress hard-coded before the block existed,
+    # so results stay comparable. Detection-specific and not configurable: only Conv nodes are quantized (the decode
+    # tail stays float) and calibration runs in batches of at most 8 images
+    onnx: OnnxInt8Config = field(default_factory=OnnxInt8Config)
 
     def validate(self) -> None:
         check_distinct(self.variants, "variants", VARIANTS)

@@ -77,7 +77,7 @@ def _onnx_static(model, *, calib, config, path, qat_train, float_layers=()):
         if source != fp32:
             onnx.export_onnx(model, calib[:2], source)
         onnx.quantize_onnx_static(source, path, calib, batch_size=config.calibration_batch_size,
-                                  nodes_to_exclude=float_layers, **config.onnx.to_dict())
+                                  nodes_to_exclude=float_layers, **config.onnx.ort_options())
     return None, {}
 
 

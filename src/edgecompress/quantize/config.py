@@ -165,6 +165,21 @@ class OnnxInt8Config(Settings):
         check_choice(self.activations, "activations", ORT_ACTIVATIONS)
         check_choice(self.calibration, "calibration", ORT_CALIBRATIONS)
 
+    def ort_options(self) -> dict[str, Any]:
+        """`quantize.onnx.quantize_onnx_static`'s keyword arguments: the one mapping the chain, the zoo and the
+        detection pipeline build their onnx_int8 through (a new field is added here, or it reaches none)."""
+        return {"quant_format": self.quant_format, "activations": self.activations, "per_channel": self.per_channel,
+                "reduce_range": self.reduce_range, "calibration": self.calibration, "pre_process": self.pre_process}
+
+    def summary(self) -> str:
+        """The settings in words, for a variant's "method" line in metrics and reports."""
+        weights = f"{'per-channel' if self.per_channel else 'per-tensor'} int8 weights" + (
+            " (7-bit range)" if self.reduce_range else "")
+        calibration = {"minmax": "MinMax", "percentile": "Percentile", "entropy": "Entropy"}[self.calibration]
+        return ", ".join([{"qdq": "QDQ", "qoperator": "QOperator"}[self.quant_format], weights,
+                          f"{self.activations} activations", f"{calibration} calibration",
+                          "quant_pre_process" if self.pre_process else "no quant_pre_process"])
+
 
 @dataclass(frozen=True)
 class QuantizeConfig(Settings):

@@ -59,7 +59,7 @@ def _build(name: str, model: nn.Module, calibration: torch.Tensor, folder: Path,
         path = fp32 if name == "onnx_fp32" else folder / "onnx_int8.onnx"
         if name == "onnx_int8":
             quantize_onnx_static(fp32, path, calibration, batch_size=calibration_batch_size,
-                                 nodes_to_exclude=float_layers, **onnx.to_dict())
+                                 nodes_to_exclude=float_layers, **onnx.ort_options())
         return path, OnnxModel(path, threads=threads).forward
     fp32 = folder / "openvino_fp32.xml"
     if not fp32.is_file():
