@@ -17,7 +17,7 @@ from edgecompress.distill import DistillationLoss, hard_label_loss
 from edgecompress.goals import target
 from edgecompress.models import load_checkpoint
 from edgecompress.params import Params
-from edgecompress.prune import prune_model
+from edgecompress.prune import prune_model, slow_int8_depthwise
 from edgecompress.runtime import seed_everything
 from edgecompress.stage import log, read_training_params, run_stage, stage_args
 from edgecompress.train import evaluate
@@ -45,6 +45,11 @@ def main() -> None:
     log.info("accuracy %.4f before pruning, %.4f right after (%.1f%% of channels, %.1f%% of MACs removed)",
              before, pruned, 100 * report["channel_ratio_removed"], 100 * report["mac_ratio_removed"])
 
+    slow = slow_int8_depthwise(model)
+    if slow:
+        log.warning("%d depthwise convolution(s) keep a channel count above 112 that is not a multiple of 8 (%s): "
+                    "PyTorch's x86 FX INT8 runs them on its slow path; prune.round_to: 8 avoids it",
+                    len(slow), ", ".join(slow[:5]))
     loss = hard_label_loss
     if cfg.finetune_kd and cfg.finetune_epochs > 0:
         teacher, _ = load_teacher(args.teacher, args.data)
@@ -63,7 +68,8 @@ def main() -> None:
                          "ratio": cfg.ratio, "ratios": cfg.ratios, "importance": cfg.importance,
                          "global": cfg.global_pruning, "iterative_steps": cfg.iterative_steps,
                          "round_to": cfg.round_to, "target": cfg.target.to_dict(), "latency": cfg.latency.to_dict(),
-                         "step_records": steps, "finetune_kd": cfg.finetune_kd},
+                         "step_records": steps, "finetune_kd": cfg.finetune_kd,
+                         "fx_int8_slow_depthwise": slow},
                      derived_metrics=lambda m: {"targets": {  # the project's goals at the default pruning
                          "mac_reduction": target(report["mac_ratio_removed"], at_least=0.30,
                                                  goal=">= 0.30 of MACs removed"),

@@ -23,7 +23,7 @@ def main() -> None:
     params = read_params(args.params, ZooPipelineParams).zoo
     torch.set_num_threads(params.threads)
     fp32 = read_json(args.zoo)
-    inputs = zoo_inputs(params, calibration_images=params.calibration_images)
+    inputs = zoo_inputs(params, calibration_images=params.calibration_images, gate_images=params.gate_images or 0)
     subset, cache, how = inputs.evaluation, ImageCache(), Measurement.from_params(params)
     results = {}
     for arch, resolved in inputs.models.items():
@@ -36,17 +36,20 @@ def main() -> None:
             results[arch]["dynamic"] = dynamic_analysis(model, images, subset.targets, how)
         results[arch]["static"] = static_analysis(
             model, images, subset.targets, calibration, how, configs=params.static,
-            calibration_batch_size=params.calibration_batch_size, batch_size=params.static_batch_size)
+            calibration_batch_size=params.calibration_batch_size, batch_size=params.static_batch_size,
+            bias_correction=params.static_bias_correction)
         measured = params.runtimes if params.runtimes_on == "all" or resolved.version is not None else ()
         results[arch]["runtimes"] = runtime_analysis(
             model, images, subset.targets, calibration, how, names=measured,
             batch_sizes=params.runtime_batch_sizes, threads=params.threads,
             calibration_batch_size=params.calibration_batch_size, openvino=params.openvino, onnx=params.onnx,
-            gate=Gate(params.max_accuracy_drop, params.max_float_layers, inputs.calibration_targets))
+            gate=Gate(params.max_accuracy_drop, params.max_float_layers, inputs.gate_targets,
+                      cache.get(inputs.gate, transform) if inputs.gate else None))
         log.info("%s: %s", arch, {k: v.get("top1", "skipped") for k, v in
                                   {"dynamic": results[arch].get("dynamic", {}), **results[arch]["static"],
                                    **results[arch]["runtimes"]}.items()})
     metrics = {"models": results, "dynamic_note": DYNAMIC_NOTE, "static_configs": list(params.static),
+               "static_bias_correction": params.static_bias_correction,
                "static_batch_size": params.static_batch_size, "batch_sizes": list(how.batch_sizes),
                "runtimes": list(params.runtimes), "runtime_batch_sizes": list(params.runtime_batch_sizes),
                "runtimes_on": params.runtimes_on, "onnx_int8": params.onnx.to_dict(),
@@ -54,6 +57,10 @@ def main() -> None:
                "calibration": {"images": len(inputs.calibration), "batches": params.calibration_batches,
                                "batch_size": params.calibration_batch_size,
                                "source": "the subset's images after the evaluated ones (never evaluated)"},
+               "gate": {"budget_points": params.max_accuracy_drop,
+                        "images": len(inputs.gate) or len(inputs.calibration),
+                        "source": ("the images after the calibration ones (never evaluated nor calibrated with)"
+                                   if inputs.gate else "the calibration images")},
                "images": inputs.description,
                "contention": contention_block(how.load, quantize_timings(results))}  # entries' "load" per batch size
     write_plots(fp32, metrics, args.plots)

@@ -134,12 +134,17 @@ def test_openvino_variants_keep_the_decode_tail_float(tmp_path: Path) -> None:
     import openvino as ov
 
     from edgecompress.detection.compress import openvino_variants
+    from edgecompress.quantize.config import OpenVINOConfig
     from edgecompress.quantize.openvino import openvino_layer_summary, output_tail
 
     torch.manual_seed(0)
     detector = load_detector("m", DetectorParams(family="ultralytics", arch="yolov8n.yaml", weights=None),
                              dataset_classes=CLASSES, imgsz=64)
-    built = openvino_variants(detector, tmp_path, torch.rand(4, 3, 64, 64), threads=1)
+    settings = OpenVINOConfig(fast_bias_correction=False, activations_range="mean_quantile")
+    built = openvino_variants(detector, tmp_path, torch.rand(4, 3, 64, 64), threads=1, openvino=settings)
+    record = built["openvino_int8"][1]
+    assert record["openvino"] == settings.to_dict()
+    assert "performance preset, full bias correction, mean_quantile activation ranges" in record["method"]
     x = torch.rand(2, 3, 64, 64)
     with torch.no_grad():
         eager = RawHead(detector.model)(x)
@@ -224,7 +229,7 @@ def test_int8_gate_rebuilds_with_float_convolutions_until_within_budget(tmp_path
     first = onnx_compute_nodes(tmp_path / "m_fp32.onnx")[0]
     assert record["all_int8"]["drop_points"] == 100.0 and record["candidates"] == 2
     assert record["float_layers"] == [first] and record["met"] and record["drop_points"] == 0.0
-    assert record["judged_on"] == "3 training-split images (mAP@.5)"
+    assert record["judged_on"] == "3 training-split images (mAP@.5; none of them calibrates INT8)"
     assert onnx_layer_summary(tmp_path / "m_int8.onnx")["float"] == 1  # the artifact is the one judged
 
 
@@ -336,3 +341,49 @@ def test_the_report_states_the_pruning_targets_with_their_numbers() -> None:
             "0.91×) |") in text
     assert "NOT met (`fp32` 30.0 ms -> `pruned` 27.0 ms, 1.11×)" in text  # best FP32: 1.11x < 1.2x
     assert "mAP@.5 after pruning has no target" in text and pruning_lines(None) == []
+
+
+def scored(model_ms: float, map_50: float, inference_ms: float) -> dict:
+    row = measured(model_ms)
+    row["timing"]["inference_ms_per_image"] = inference_ms
+    return {**row, "map_50": map_50}
+
+
+def test_int8_targets_judge_the_fastest_int8_within_the_map_budget() -> None:
+    from edgecompress.detection.int8_targets import int8_summary
+    from edgecompress.detection.report import int8_lines
+
+    variants = {"fp32": scored(30.0, 0.620, 34.0), "onnx_fp32": scored(21.0, 0.620, 25.0),
+                "openvino_fp32": scored(22.0, 0.620, 26.0), "onnx_int8": scored(13.0, 0.577, 17.0),
+                "openvino_int8": scored(14.0, 0.612, 18.0), "pruned_openvino_int8": scored(5.0, 0.0, 9.0)}
+    summary = int8_summary(variants)
+    # onnx_int8 is faster but 4.3 points down: the best is openvino_int8 (0.8 points, inside the budget)
+    assert summary["best"] == "openvino_int8" and summary["best_fp32"]["variant"] == "onnx_fp32"
+    row = summary["variants"]["openvino_int8"]
+    assert row["map_50_drop_points"] == pytest.approx(0.8) and row["speedup"] == pytest.approx(1.5)
+    assert row["inference_speedup"] == pytest.approx(25 / 18, abs=1e-4)
+    assert summary["map_50_met"] and summary["speedup_met"] and "pruned_openvino_int8" not in summary["variants"]
+    text = "\n".join(int8_lines(summary))
+    assert "| Best INT8 mAP@.5 within 1 point of FP32 | met (`openvino_int8` -0.8 points) |" in text
+    assert ("met (`onnx_fp32` 21.0 ms -> `openvino_int8` 14.0 ms, 1.50×; whole inference 25.0 -> 18.0 ms, 1.39×)"
+            in text)
+    variants["openvino_int8"] = scored(15.0, 0.600, 19.0)  # both over budget: the most accurate is judged
+    summary = int8_summary(variants)
+    assert summary["best"] == "openvino_int8" and not summary["map_50_met"] and not summary["speedup_met"]
+    assert "NOT met (`openvino_int8` -2.0 points)" in "\n".join(int8_lines(summary))
+    assert int8_summary({"fp32": scored(30.0, 0.6, 34.0), "onnx_int8": {"skipped": "x"}}) is None
+
+
+def test_the_gate_judges_on_training_images_that_do_not_calibrate(tmp_path: Path) -> None:
+    from edgecompress.detection import compress
+
+    def split(names: list[str]) -> DetectionDataset:
+        return fake_dataset(tmp_path, names)
+
+    train = split(["a.jpg", "b.jpg", "c.jpg", "d.jpg"])
+    judged, disjoint = compress.gate_images(train, [tmp_path / "a.jpg", tmp_path / "c.jpg"], 5, seed=0)
+    assert disjoint and sorted(image.file_name for image in judged.images) == ["b.jpg", "d.jpg"]
+    judged, disjoint = compress.gate_images(split(["a.jpg"]), [tmp_path / "a.jpg"], 5, seed=0)
+    assert not disjoint and [image.file_name for image in judged.images] == ["a.jpg"]  # nothing else to judge on
+    with pytest.raises(EdgecompressError, match="the training split has none"):
+        compress.gate_images(split([]), [], 5, seed=0)

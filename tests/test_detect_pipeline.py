@@ -73,7 +73,7 @@ def test_detection_pipeline_smoke_run_random_weights(repo_copy: Path, tmp_path: 
         "imgsz": 128, "batch_sizes": [1, 2], "threads": 1, "visualize": 2,
         "max_load": None,  # a busy CI runner must not make the suite wait (test_detect_contention)
         "profile": {"images": 2, "batch_size": 2, "iterations": 1},
-        "compress": {"model": "v5", "calibration_images": 2, "finetune_epochs": 1, "max_map_drop": 100.0,
+        "compress": {"model": "v5", "calibration_images": 1, "finetune_epochs": 1, "max_map_drop": 100.0,
                      "gate_images": 1},  # the gate judged through the stage; its search has its own test
         "train": {"model": "yolov8n", "epochs": 1, "batch_size": 1, "device": "cpu"}}})
     params["detection"]["models"] = {

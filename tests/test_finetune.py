@@ -27,13 +27,7 @@ STAGE = ROOT / "stages" / "finetune_cifar100.py"
 RANDOM_LABEL = "random (untrained, smoke run only)"
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models: one intra-op thread is as fast, and far faster while another job holds a core."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest.py
 
 
 def random_resnet18(num_classes: int, prefixes: list[str]) -> nn.Module:

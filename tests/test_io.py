@@ -6,7 +6,8 @@ import pytest
 import torch
 
 from edgecompress import EdgecompressError
-from edgecompress.io import atomic_path, atomic_write, load_torch, read_json, save_torch, write_json, write_text
+from edgecompress.io import (UnsafePickleError, atomic_path, atomic_write, load_torch, read_json, save_torch, write_json,
+                             write_text)
 
 
 def test_exception_mid_save_leaves_previous_file_intact(tmp_path):
@@ -52,8 +53,12 @@ def test_corrupt_checkpoint_names_the_file(tmp_path):
 def test_pickled_code_is_refused(tmp_path):
     path = tmp_path / "unsafe.pt"
     torch.save({"model": torch.nn.Linear(2, 2)}, path)  # a pickled module, not a state dict
-    with pytest.raises(EdgecompressError, match="weights_only"):
+    with pytest.raises(UnsafePickleError, match="weights_only"):  # a type callers can tell from a corrupt file
         load_torch(path)
+    (tmp_path / "corrupt.pt").write_bytes(b"not a zip file")
+    with pytest.raises(EdgecompressError) as corrupt:
+        load_torch(tmp_path / "corrupt.pt")
+    assert not isinstance(corrupt.value, UnsafePickleError)
 
 
 def test_unsafe_pickle_message_keeps_the_cause_and_drops_the_unsafe_advice(tmp_path):

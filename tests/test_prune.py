@@ -241,3 +241,21 @@ def test_project_target_ratio_02() -> None:
     assert 0.2 <= report["channel_ratio_removed"] < 0.2 + 1 / 16
     # Both sides of a 3x3 conv shrink: MACs ~ 1 - 0.8^2 = 0.36 (measured 0.396).
     assert report["mac_ratio_removed"] >= 0.30
+
+
+def test_depthwise_counts_that_send_fx_int8_to_its_slow_path_are_named() -> None:
+    from edgecompress.prune import slow_int8_depthwise
+    from edgecompress.report.chain_pruning import pruning_lines
+
+    def dw(channels: int) -> nn.Conv2d:
+        return nn.Conv2d(channels, channels, 3, groups=channels)
+
+    model = nn.Sequential(dw(121), dw(120), dw(100), nn.Conv2d(121, 121, 1), nn.Conv2d(242, 242, 3, groups=2))
+    assert slow_int8_depthwise(model) == ["0"]  # 120: a multiple of 8; 100: under 113; the others are not depthwise
+    prune = {"accuracy": 0.9, "fx_int8_slow_depthwise": ["features.3.conv.1.0"]}
+    notes: list[str] = []
+    pruning_lines(prune, {}, "1", notes)
+    assert "`features.3.conv.1.0`" in notes[0] and "`prune.round_to: 8` avoids it" in notes[0]
+    notes.clear()
+    pruning_lines({"accuracy": 0.9, "fx_int8_slow_depthwise": []}, {}, "1", notes)
+    assert not any("depthwise" in note for note in notes)

@@ -112,12 +112,23 @@ def tiny_tree(root: Path, per_class: int = 2) -> Path:
 
 def test_evaluation_and_calibration_images_are_disjoint(tmp_path: Path) -> None:
     subset = imagenet.imagenet_subset(tiny_tree(tmp_path / "imgs"), CLASSES)
-    evaluation, calibration = imagenet.evaluation_and_calibration(subset, max_images=3, calibration_images=2)
-    assert evaluation.paths == subset.paths[:3] and calibration == subset.paths[3:5]
+    evaluation, calibration, gate = imagenet.evaluation_and_calibration(subset, max_images=3, calibration_images=2)
+    assert evaluation.paths == subset.paths[:3] and calibration == subset.paths[3:5] and gate == ()
     assert evaluation.num_classes_present == 3 and not set(evaluation.paths) & set(calibration)
     with pytest.raises(EdgecompressError, match="2 calibration images are needed beyond the 5 evaluation images, "
                                                 "but only 1 are left of 6"):
         imagenet.evaluation_and_calibration(subset, max_images=5, calibration_images=2)
+
+
+def test_gate_images_follow_the_calibration_images_and_overlap_nothing(tmp_path: Path) -> None:
+    subset = imagenet.imagenet_subset(tiny_tree(tmp_path / "imgs"), CLASSES)
+    evaluation, calibration, gate = imagenet.evaluation_and_calibration(subset, 3, calibration_images=2,
+                                                                        gate_images=1)
+    assert gate == subset.paths[5:6]
+    assert not set(gate) & (set(evaluation.paths) | set(calibration))
+    with pytest.raises(EdgecompressError, match="2 calibration images and zoo.gate_images = 2 gate images are needed "
+                                                "beyond the 3 evaluation images, but only 3 are left of 6"):
+        imagenet.evaluation_and_calibration(subset, 3, calibration_images=2, gate_images=2)
 
 
 def test_default_class_list_is_torchvision_order() -> None:
@@ -226,7 +237,7 @@ def test_real_pretrained_mobilenet_v2_and_fx_int8_on_imagenet_sample() -> None:
     fp32 = measure.topk_accuracy(measure.inference_predict(model), images, subset.targets, batch_size=50)
     assert fp32["top1"] >= 0.70 and fp32["top5"] >= fp32["top1"]
 
-    evaluation, calibration = imagenet.evaluation_and_calibration(subset, 468, 32)
+    evaluation, calibration, _ = imagenet.evaluation_and_calibration(subset, 468, 32)
     held_out = images[:468]
     int8 = measure.static_analysis(model, held_out, evaluation.targets, images[468:], TINY, configs=("custom",),
                                calibration_batch_size=32, batch_size=1)["custom"]

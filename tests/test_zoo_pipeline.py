@@ -39,6 +39,7 @@ def test_zoo_pipeline_smoke_run_random_weights(repo_copy: Path, tmp_path: Path) 
                 "runtimes": ["onnx_fp32", "onnx_int8", "openvino_fp32", "openvino_int8"], "runtime_batch_sizes": [1, 2],
                 "runtimes_on": "all", "dynamic": True, "static": ["x86", "vnni"],
                 "max_accuracy_drop": 100.0,  # the gate measured and recorded; no fallback search (own test)
+                "gate_images": 1,  # ... on an image of its own: neither evaluated nor calibrated with
                 "max_load": None},  # a busy CI runner must not make the suite wait (test_zoo_contention)
     })
     params["zoo"]["models"] = {"mobilenet_v3_small": "random", "squeezenet1_1": "random"}
@@ -59,6 +60,8 @@ def test_zoo_pipeline_smoke_run_random_weights(repo_copy: Path, tmp_path: Path) 
     assert all(entry["weights"].startswith("random") for entry in zoo["models"].values())
     quant = json.loads((zoo_dir / "metrics" / "zoo_quantize.json").read_text())
     assert quant["calibration"]["images"] == 2 and quant["images"]["count"] == 3
+    assert quant["gate"] == {"budget_points": 100.0, "images": 1,
+                             "source": "the images after the calibration ones (never evaluated nor calibrated with)"}
     small = quant["models"]["mobilenet_v3_small"]
     assert set(small["fp32"]["latency_ms"]) == {"1", "2"}  # FP32 re-timed beside its quantized versions
     assert zoo["contention"]["max_load"] is None and quant["contention"]["contended"] == []  # not monitored here
@@ -74,7 +77,7 @@ def test_zoo_pipeline_smoke_run_random_weights(repo_copy: Path, tmp_path: Path) 
         for name in ("onnx_int8", "openvino_int8"):
             assert runtimes[name]["layers"]["quantized"] > 0 and set(runtimes[name]["latency_ms"]) == {"1", "2"}
             gate = runtimes[name]["gate"]
-            assert gate["met"] and gate["judged_on"] == "2 calibration images" and gate["float_layers"] == []
+            assert gate["met"] and gate["judged_on"] == "1 gate image" and gate["float_layers"] == []
     finetune_dir = repo_copy / "pipelines" / "finetune"
     finetune = json.loads((finetune_dir / "metrics" / "finetune_cifar100.json").read_text())
     assert finetune["weights"].startswith("random") and finetune["arch"] == "mobilenet_v3_small"

@@ -15,7 +15,8 @@ import torch
 from torchvision.transforms import InterpolationMode
 from torchvision.transforms._presets import ImageClassification
 
-from edgecompress.zoo import imagenet, measure, weights
+from edgecompress import weights
+from edgecompress.zoo import imagenet, measure
 
 torch.set_num_threads(2)
 root = sys.argv[1] if len(sys.argv) > 1 else "../shared/data/imagenet-sample"

@@ -9,7 +9,8 @@ import sys, time, warnings
 import torch
 warnings.filterwarnings("ignore")
 from edgecompress.quantize import fx
-from edgecompress.zoo import imagenet, measure, weights
+from edgecompress import weights
+from edgecompress.zoo import imagenet, measure
 torch.set_num_threads(2)
 r=weights.resolve_weights(["mobilenet_v2"], None)["mobilenet_v2"]
 m=weights.load_pretrained(r)

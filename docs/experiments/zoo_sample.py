@@ -6,7 +6,8 @@ import warnings
 
 import torch
 
-from edgecompress.zoo import imagenet, measure, weights
+from edgecompress import weights
+from edgecompress.zoo import imagenet, measure
 
 warnings.filterwarnings("ignore")
 torch.set_num_threads(2)

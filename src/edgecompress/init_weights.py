@@ -23,9 +23,9 @@ import torch
 from torch import nn
 
 from edgecompress import EdgecompressError
-from edgecompress.io import load_torch
+from edgecompress.io import UnsafePickleError, load_torch
 from edgecompress.models import (CHECKPOINT_FORMAT, PRETRAINED_INIT, RANDOM_INIT, ArchParams, arch_config, build_model,
-                                 load_checkpoint, match_state_dict_shapes, state_dict_sha256)
+                                 match_state_dict_shapes, model_from_checkpoint, state_dict_sha256)
 from edgecompress.runtime import seed_everything
 from edgecompress.transfer import freeze_except, head_name, replace_head, unfreeze_batchnorm
 from edgecompress.weights import default_weights_dir, load_pretrained, resolve_weights
@@ -120,13 +120,11 @@ def _load_file(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any] | No
     """(state dict, our checkpoint's info or None) of a user's weights file, hash-verified where ours."""
     try:
         obj = load_torch(path, what="weights file") if path.suffix != ".safetensors" else None
-    except EdgecompressError as exc:
-        if "GLOBAL" in str(exc) or "global" in str(exc):  # a whole pickled nn.Module needs its classes
-            raise EdgecompressError(f"{path}: holds a pickled model object, which is never unpickled (it could run "
-                                    "code); save its weights instead: torch.save(model.state_dict(), path)") from None
-        raise
+    except UnsafePickleError:  # e.g. a whole pickled nn.Module: unpickling it needs (and runs) its classes
+        raise EdgecompressError(f"{path}: holds a pickled model object, which is never unpickled (it could run "
+                                "code); save its weights instead: torch.save(model.state_dict(), path)") from None
     if isinstance(obj, dict) and obj.get("format") == CHECKPOINT_FORMAT:
-        model, info = load_checkpoint(path)  # verifies the sha256 recorded at save time
+        model, info = model_from_checkpoint(obj, path)  # verifies the sha256 recorded at save time
         return model.state_dict(), info
     return (_read_state_file(path) if obj is None else _state_dict_of(obj, path)), None
 

@@ -127,12 +127,17 @@ def save_torch(path: str | Path, obj: Any) -> None:
         torch.save(obj, handle)
 
 
+class UnsafePickleError(EdgecompressError):
+    """A torch file that holds pickled objects other than tensors and containers (a whole model, code):
+    `load_torch` refuses it rather than unpickle it."""
+
+
 def load_torch(path: str | Path, what: str = "checkpoint") -> Any:
     """Load a file written by `save_torch` with `weights_only=True` (no code is unpickled).
 
     Raises:
-        EdgecompressError: naming the file when it is missing, truncated, corrupt or holds objects
-            that are not plain tensors/containers.
+        UnsafePickleError: naming the file when it holds objects that are not plain tensors/containers.
+        EdgecompressError: naming the file when it is missing, truncated or corrupt.
     """
     path = Path(path)
     if not path.is_file():
@@ -140,23 +145,30 @@ def load_torch(path: str | Path, what: str = "checkpoint") -> Any:
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises many types for corrupt/foreign files
-        raise EdgecompressError(f"{path}: cannot load {what} safely with weights_only=True ({_load_cause(exc)})") from None
+        cause, unsafe = _load_cause(exc)
+        error = UnsafePickleError if unsafe else EdgecompressError
+        raise error(f"{path}: cannot load {what} safely with weights_only=True ({cause})") from None
 
 
-def _load_cause(exc: BaseException) -> str:
-    """The reason torch gives, without its advice to retry with weights_only=False (the unsafe thing:
-    its first lines say so and would hide the cause, e.g. 'Unsupported global: GLOBAL posix.system')."""
+def _load_cause(exc: BaseException) -> tuple[str, bool]:
+    """(the reason torch gives, whether it refused unsafe objects), without its advice to retry with
+    weights_only=False (the unsafe thing: its first lines say so and would hide the cause, e.g.
+    'Unsupported global: GLOBAL posix.system'). A file that is not a torch pickle at all (truncated,
+    another format) also fails inside torch's weights-only unpickler: that is corruption, not unsafety."""
     text = str(exc)
     lines = [line.strip() for line in text.splitlines() if line.strip()]
-    blocked = [line for line in lines if "Unsupported global" in line or "WeightsUnpickler error" in line]
-    if blocked or "weights_only" in first_line(exc, limit=len(text) + 1) or text.startswith("Weights only load failed"):
-        causes = blocked or [line for line in lines if "weights_only" not in line and "Weights only" not in line
-                             and not line.startswith("Check the documentation")]
-        cause = causes[0].split("WeightsUnpickler error:")[-1].split(" was not an allowed global")[0].strip() \
-            if causes else first_line(exc)
+    blocked = [line for line in lines  # "Unsupported global: GLOBAL x", "... unsupported GLOBAL posix.system ..."
+               if "unsupported global" in line.lower() or "was not an allowed global" in line]
+    if blocked:
+        cause = blocked[0].split("WeightsUnpickler error:")[-1].split(" was not an allowed global")[0].strip()
         return (f"{cause[:200]}; it holds objects other than tensors and containers, and only code you trust "
-                "may be unpickled")
-    return first_line(exc)
+                "may be unpickled"), True
+    if "WeightsUnpickler error:" in text:
+        after = text.split("WeightsUnpickler error:", 1)[1].splitlines()
+        detail = next((line.strip() for line in after
+                       if line.strip() and not line.strip().startswith("Check the documentation")), "")
+        return f"not a torch file of tensors: {(detail or first_line(exc))[:200]}", False
+    return first_line(exc), False
 
 
 def read_image(path: str | Path) -> Any:

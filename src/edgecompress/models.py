@@ -316,7 +316,12 @@ def load_checkpoint(path: str | Path) -> tuple[nn.Module, dict[str, Any]]:
         EdgecompressError: naming the file when it is missing, corrupt, of another format, or its
             weights do not fit the architecture it names.
     """
-    ckpt = load_torch(path)
+    return model_from_checkpoint(load_torch(path), path)
+
+
+def model_from_checkpoint(ckpt: Any, path: str | Path) -> tuple[nn.Module, dict[str, Any]]:
+    """`load_checkpoint` on a checkpoint already read from `path` (named in every error): its format and
+    fields checked, its sha256 verified, the model rebuilt."""
     if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
         raise EdgecompressError(f"{path}: not an edgecompress checkpoint (expected format {CHECKPOINT_FORMAT})")
     missing = [k for k in ("arch", "state_dict") if not isinstance(ckpt.get(k), dict)]

@@ -109,6 +109,15 @@ class PruneConfig(Settings):
         return PruneConfig(**{f.name: getattr(self, f.name) for f in fields(PruneConfig)})
 
 
+def slow_int8_depthwise(model: nn.Module) -> list[str]:
+    """Depthwise convolutions whose channel count PyTorch's x86 FX INT8 kernel runs on its slow path: above
+    112 and not a multiple of 8 (one 3x3 layer at 40x40: 121 channels 112 ms against 1.1 ms at 120,
+    docs/experiments/int8_depthwise_channels.py). Pruning leaves such counts unless `prune.round_to` is 8."""
+    return [name for name, module in model.named_modules()
+            if isinstance(module, nn.Conv2d) and module.groups > 1 and module.groups == module.in_channels
+            == module.out_channels and module.out_channels > 112 and module.out_channels % 8]
+
+
 def _conv_channels(model: nn.Module) -> int:
     return sum(m.out_channels for m in model.modules() if isinstance(m, nn.Conv2d))
 

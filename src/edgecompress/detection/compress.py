@@ -28,13 +28,13 @@ import torch.nn as nn
 
 from edgecompress import EdgecompressError, first_line
 from edgecompress.bench.contention import LoadPolicy
-from edgecompress.detection.data import DetectionDataset, outside
+from edgecompress.detection.data import DetectionDataset, outside, subset as draw_subset
 from edgecompress.detection.inference import evaluate_detector, image_tensor, letterbox
 from edgecompress.detection.gate import Gate, gated
 from edgecompress.detection.models import Detector, RawHead
 from edgecompress.detection.pruning import MAC_FIELDS, RUNTIME_PAIRS, Built, pruned_variant
 from edgecompress.io import read_image
-from edgecompress.quantize.config import OnnxInt8Config
+from edgecompress.quantize.config import OnnxInt8Config, OpenVINOConfig
 from edgecompress.quantize.fx import quantize_static_fx
 from edgecompress.quantize.onnx import OnnxModel, export_onnx, onnx_compute_nodes, quantize_onnx_static
 from edgecompress.quantize.openvino import (OpenVINOModel, convert_onnx_to_openvino, openvino_artifact_bytes,
@@ -77,6 +77,30 @@ def calibration_paths(source: DetectionDataset, subset: DetectionDataset, count:
     return [Path(source.images_dir) / name for name in chosen], disjoint
 
 
+def gate_images(train: DetectionDataset, calibration: Sequence[Path], count: int,
+                seed: int) -> tuple[DetectionDataset, bool]:
+    """`count` training-split images (seeded) for the INT8 quality gate to judge on, none of them a calibration
+    image: a gate judged on its own calibration images is flattered (bias correction fits them).
+
+    Returns:
+        (images, disjoint). When every training-split image calibrates, the gate judges on them and
+        `disjoint` is False (recorded with the gate's result, and logged).
+    Raises:
+        EdgecompressError: the training split has no image.
+    """
+    if not train.images:
+        raise EdgecompressError("detection.compress.max_map_drop: the quality gate judges on training-split images "
+                                "and the training split has none (detection.train_images, detection.subset_images)")
+    calibrated = {path.name for path in calibration}
+    pool = replace(train, images=[image for image in train.images if image.file_name not in calibrated])
+    disjoint = bool(pool.images)
+    if not disjoint:
+        log.warning("every training-split image calibrates INT8 (detection.compress.calibration_images=%d): the "
+                    "quality gate judges on calibration images", len(calibration))
+        pool = train
+    return draw_subset(pool, min(count, len(pool.images)), seed), disjoint
+
+
 def onnx_variants(detector: Detector, out_dir: str | Path, calib: torch.Tensor, *, threads: int,
                   int8: bool = True, gate: Gate | None = None, onnx: OnnxInt8Config = OnnxInt8Config()
                   ) -> dict[str, Built]:
@@ -108,10 +132,12 @@ def onnx_variants(detector: Detector, out_dir: str | Path, calib: torch.Tensor, 
 
 
 def openvino_variants(detector: Detector, out_dir: str | Path, calib: torch.Tensor, *, threads: int,
-                      int8: bool = True, gate: Gate | None = None) -> dict[str, Built]:
+                      int8: bool = True, gate: Gate | None = None,
+                      openvino: OpenVINOConfig = OpenVINOConfig()) -> dict[str, Built]:
     """OpenVINO FP32 (the ONNX FP32 export converted: OpenVINO's torch tracer rejects YOLOv5's lazily built
-    grid) and, with `int8`, NNCF post-training INT8 of it, calibrated on `calib` with the decode tail
-    (`quantize.openvino.output_tail`) kept float."""
+    grid) and, with `int8`, NNCF post-training INT8 of it with the `openvino` settings
+    (`detection.compress.openvino`), calibrated on `calib` with the decode tail (`quantize.openvino.output_tail`)
+    added to the ignored scope."""
     out_dir = Path(out_dir)
     onnx_path = out_dir / f"{detector.name}_fp32.onnx"
     if not onnx_path.is_file():
@@ -127,13 +153,13 @@ def openvino_variants(detector: Detector, out_dir: str | Path, calib: torch.Tens
 
         def build(float_layers: tuple[str, ...]) -> Detector:
             quantize_openvino(converted, calib, int8_path, batch_size=min(8, len(calib)),
-                              ignored_scope={"names": [*tail, *float_layers]})
+                              **openvino.nncf_options([*tail, *float_layers]))
             return replace(detector, model=OpenVINOModel(int8_path, threads=threads), device=torch.device("cpu"))
 
         variant, record = gated(build, lambda: openvino_compute_nodes(fp32_path), fp32, gate)
         out["openvino_int8"] = (variant, {
-            "method": f"NNCF post-training INT8 of the OpenVINO model (performance preset; the decode tail's "
-                      f"{len(tail)} nodes kept float)", "artifact": str(int8_path),
+            "method": f"NNCF post-training INT8 of the OpenVINO model ({openvino.summary()}; the decode tail's "
+                      f"{len(tail)} nodes kept float)", "openvino": openvino.to_dict(), "artifact": str(int8_path),
             "size_mb": round(openvino_artifact_bytes(int8_path) / 1e6, 4), "calibration_images": len(calib), **record})
     return out
 
@@ -210,7 +236,7 @@ PRUNED_RUNTIMES = {pruned: original for original, pruned in RUNTIME_PAIRS if ori
 
 
 def pruned_runtime_variants(pruned: Built, wanted: Sequence[str], out_dir: str | Path, calib: torch.Tensor, *,
-                            threads: int) -> dict[str, Built]:
+                            threads: int, openvino: OpenVINOConfig = OpenVINOConfig()) -> dict[str, Built]:
     """The `pruned_*` variants of `wanted`: the pruned detector through `onnx_variants` /
     `openvino_variants` (artifacts under `out_dir`, e.g. <models>/pruned/; no quality gate: the pruned
     network is judged by its own accuracy), keys renamed ("pruned_onnx_fp32"...), each record naming
@@ -228,7 +254,8 @@ def pruned_runtime_variants(pruned: Built, wanted: Sequence[str], out_dir: str |
     if "onnx_fp32" in runtimes:
         built.update(onnx_variants(detector, out_dir, calib, threads=threads, int8=False))
     if {"openvino_fp32", "openvino_int8"} & runtimes:
-        built.update(openvino_variants(detector, out_dir, calib, threads=threads, int8="openvino_int8" in runtimes))
+        built.update(openvino_variants(detector, out_dir, calib, threads=threads, int8="openvino_int8" in runtimes,
+                                       openvino=openvino))
     pruning = {key: record[key] for key in ("ratio", "round_to", *MAC_FIELDS)}
     return {f"pruned_{name}": (variant, {**info, "method": f"pruned model, then {info['method']}", **pruning})
             for name, (variant, info) in built.items()}
@@ -239,7 +266,8 @@ def pruned_runtime_variants(pruned: Built, wanted: Sequence[str], out_dir: str |
 def build_variants(detector: Detector, wanted: Sequence[str], *, calibration: Sequence[Path], out_dir: str | Path,
                    threads: int, prune_ratio: float, finetune: Callable[[Detector], dict[str, Any]] | None = None,
                    gate: Gate | None = None, prune_round_to: int | None = None,
-                   onnx: OnnxInt8Config = OnnxInt8Config()) -> dict[str, Built]:
+                   onnx: OnnxInt8Config = OnnxInt8Config(), openvino: OpenVINOConfig = OpenVINOConfig()
+                   ) -> dict[str, Built]:
     """Every variant of `wanted` that applies to the detector's family, built ("fp32": the detector
     itself); the others as skipped with the reason. ONNX artifacts are written under `out_dir` (which
     exists afterwards either way: it is the stage's output), the pruned network's under `out_dir`/pruned.
@@ -251,6 +279,7 @@ def build_variants(detector: Detector, wanted: Sequence[str], *, calibration: Se
         gate: the INT8 quality gate of onnx_int8 / openvino_int8 (not of pruned_openvino_int8).
         prune_round_to: Torch-Pruning's round_to (`pruning.pruned_variant`).
         onnx: ONNX Runtime's INT8 settings of onnx_int8 (`detection.compress.onnx`).
+        openvino: NNCF's settings of openvino_int8 and pruned_openvino_int8 (`detection.compress.openvino`).
     """
     facts, wanted = detector.facts, set(wanted)
     applies = {"onnx_fp32": facts.exportable, "onnx_int8": facts.exportable, "openvino_fp32": facts.exportable,
@@ -268,12 +297,12 @@ def build_variants(detector: Detector, wanted: Sequence[str], *, calibration: Se
                                    onnx=onnx))
     if {"openvino_fp32", "openvino_int8"} & traced:
         built.update(openvino_variants(detector, out_dir, calib, threads=threads, int8="openvino_int8" in wanted,
-                                       gate=gate))
+                                       gate=gate, openvino=openvino))
     if {"pruned", *PRUNED_RUNTIMES} & traced:  # the pruned_* runtimes start from the pruned network
         built["pruned"] = pruned_variant(detector, prune_ratio, calib.to(detector.device), finetune=finetune,
                                          round_to=prune_round_to)
         built.update(pruned_runtime_variants(built["pruned"], sorted(traced), Path(out_dir) / "pruned", calib,
-                                             threads=threads))
+                                             threads=threads, openvino=openvino))
     if "fp16" in wanted:
         built["fp16"] = fp16_variant(detector)
     if "fx_int8" in wanted:

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from edgecompress.config import (DEVICES, Settings, check, check_budget, check_choice, check_distinct, check_load_policy,
                                  is_batch_list)
 from edgecompress.detection.families import FAMILIES
-from edgecompress.quantize.config import OnnxInt8Config  # settings data only: no backend is loaded
+from edgecompress.quantize.config import OnnxInt8Config, OpenVINOConfig  # settings data only: no backend loaded
 
 FORMATS = ("coco", "voc", "yolo")  # source data set formats
 OPTIMIZERS = ("sgd", "adamw")  # detect_train / pruned fine-tuning
@@ -138,6 +138,9 @@ class DetectionCompressParams(Settings):
     # so results stay comparable. Detection-specific and not configurable: only Conv nodes are quantized (the decode
     # tail stays float) and calibration runs in batches of at most 8 images
     onnx: OnnxInt8Config = field(default_factory=OnnxInt8Config)
+    # openvino_int8 / pruned_openvino_int8's NNCF settings, the chain's `quantize.openvino` class; the decode tail is
+    # always added to its ignored scope (one INT8 scale over pixels and probabilities flattens the probabilities)
+    openvino: OpenVINOConfig = field(default_factory=OpenVINOConfig)
 
     def validate(self) -> None:
         check_distinct(self.variants, "variants", VARIANTS)

@@ -173,15 +173,16 @@ def pruned_finetune(train_dir: str | Path, *, epochs: int, settings: dict[str, A
     return finetune
 
 
-def _model_ms(row: Mapping[str, Any] | None) -> float | None:
+def model_ms(row: Mapping[str, Any] | None) -> float | None:
     """The model-block ms/image of a measured variant's metrics row (None: absent or skipped)."""
     if not row or "timing" not in row:
         return None
     return row["timing"]["blocks"]["model"]["per_image_ms"]
 
 
-def _fastest(variants: Mapping[str, Mapping[str, Any]], names: tuple[str, ...]) -> tuple[str, float] | None:
-    times = {name: ms for name in names if (ms := _model_ms(variants.get(name))) is not None}
+def fastest(variants: Mapping[str, Mapping[str, Any]], names: tuple[str, ...]) -> tuple[str, float] | None:
+    """(name, model-block ms/image) of the fastest measured variant among `names`; None when none was."""
+    times = {name: ms for name in names if (ms := model_ms(variants.get(name))) is not None}
     return min(times.items(), key=lambda item: item[1]) if times else None
 
 
@@ -200,7 +201,7 @@ def pruning_summary(variants: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]
     mac_reduction = 1 - after / before if before else 0.0
     runtimes = {}
     for original, pruned in RUNTIME_PAIRS:
-        original_ms, pruned_ms = _model_ms(variants.get(original)), _model_ms(variants.get(pruned))
+        original_ms, pruned_ms = model_ms(variants.get(original)), model_ms(variants.get(pruned))
         if original_ms is None or pruned_ms is None:
             continue
         reduction = 1 - pruned_ms / original_ms
@@ -208,11 +209,11 @@ def pruning_summary(variants: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]
                               "speedup": round(original_ms / pruned_ms, 4), "latency_reduction": round(reduction, 4),
                               "realised_fraction": round(reduction / mac_reduction, 4) if mac_reduction > 0 else None}
     best_fp32 = None
-    fastest, fastest_pruned = _fastest(variants, FP32_RUNTIMES), _fastest(variants, tuple(
+    best_original, best_pruned = fastest(variants, FP32_RUNTIMES), fastest(variants, tuple(
         pruned for original, pruned in RUNTIME_PAIRS if original in FP32_RUNTIMES))
-    if fastest and fastest_pruned:
-        best_fp32 = {"original": fastest[0], "original_ms": fastest[1], "pruned": fastest_pruned[0],
-                     "pruned_ms": fastest_pruned[1], "speedup": round(fastest[1] / fastest_pruned[1], 4)}
+    if best_original and best_pruned:
+        best_fp32 = {"original": best_original[0], "original_ms": best_original[1], "pruned": best_pruned[0],
+                     "pruned_ms": best_pruned[1], "speedup": round(best_original[1] / best_pruned[1], 4)}
     return {"ratio": record.get("ratio"), "round_to": record.get("round_to"), "macs_before": before,
             "macs_after": after, "mac_reduction": round(mac_reduction, 4), "runtimes": runtimes, "best_fp32": best_fp32,
             "never_slower": all(r["pruned_ms"] <= r["original_ms"] for r in runtimes.values()) if runtimes else None}

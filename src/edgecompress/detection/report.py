@@ -51,6 +51,7 @@ def _compress_section(compress: dict[str, Any], plots_dir: Path, report_dir: Pat
                 + f"({tuned['seconds']:.0f} s); evaluation-subset mAP@.5 "
                 + (f"{_fmt(before)} before fine-tuning, " if before is not None else "")
                 + f"after each epoch: {curve}."]
+    out += int8_lines(compress.get("int8"))
     out += pruning_lines(compress.get("pruning"))
     gates = {n: v["gate"] for n, v in compress["variants"].items() if v.get("gate")}
     out += [""] + [f"Quality gate of `{n}` ({g['judged_on']}, budget {g['budget_points']} points): drop "
@@ -59,6 +60,26 @@ def _compress_section(compress: dict[str, Any], plots_dir: Path, report_dir: Pat
                       f"all-INT8 drop {g['all_int8']['drop_points']:.1f})" if g["float_layers"] else "") + "."
                    for n, g in gates.items()] if gates else []
     return out + [""]
+
+
+def int8_lines(summary: dict[str, Any] | None) -> list[str]:
+    """detect_compress's "int8" block (`int8_targets.int8_summary`): issue #15's two targets on the best INT8
+    variant, met or not, with their numbers."""
+    if not summary:
+        return []
+    best, reference = summary["best"], summary["best_fp32"]
+    row = summary["variants"][best]
+    others = ", ".join(f"`{name}` {r['map_50_drop_points']:+.1f} points / {times(r['speedup'])}"
+                       for name, r in summary["variants"].items() if name != best)
+    out = ["", f"INT8 against FP32: the best INT8 variant is the fastest within the mAP@.5 budget, else the most "
+           f"accurate one: `{best}`" + (f" (the other: {others})" if others else "") + ".", ""]
+    return out + markdown_table(["Target", "Status"], [
+        [f"Best INT8 mAP@.5 within {summary['map_50_drop_budget']:g} point of FP32",
+         f"{'met' if summary['map_50_met'] else 'NOT met'} (`{best}` {-row['map_50_drop_points']:+.1f} points)"],
+        [f"Best INT8 ≥ {times(summary['speedup_goal'], 1)} the fastest FP32 runtime (model block)",
+         f"{'met' if summary['speedup_met'] else 'NOT met'} (`{reference['variant']}` {reference['model_ms']:.1f} ms "
+         f"-> `{best}` {row['model_ms']:.1f} ms, {times(row['speedup'])}; whole inference "
+         f"{reference['inference_ms']:.1f} -> {row['inference_ms']:.1f} ms, {times(row['inference_speedup'])})"]])
 
 
 def pruning_lines(summary: dict[str, Any] | None) -> list[str]:

@@ -107,6 +107,9 @@ def fp32_runtime_variants() -> tuple[str, ...]:
 
 PRESETS = ("performance", "mixed")  # NNCF: symmetric activations, or asymmetric ones
 MODEL_TYPES = ("transformer",)  # NNCF's special handling of attention; null for CNNs
+# NNCF's activation range estimators (RangeEstimatorParametersSet, lower-cased); null = NNCF's own choice
+# (mean over calibration batches of each batch's min and max)
+ACTIVATION_RANGES = ("minmax", "mean_minmax", "median_minmax", "mean_no_outliers_minmax", "mean_quantile", "histogram")
 
 
 @dataclass(frozen=True)
@@ -126,6 +129,7 @@ class OpenVINOConfig(Settings):
     fast_bias_correction: bool = True  # false: NNCF's full bias correction (slower)
     model_type: str | None = None  # null | transformer
     subset_size: int | None = None  # calibration samples NNCF uses; null = all of quantize.calibration_samples
+    activations_range: str | None = None  # null = NNCF's default | one of ACTIVATION_RANGES
     ignored_scope: IgnoredScope = field(default_factory=IgnoredScope)
 
     def nncf_options(self, float_layers: tuple[str, ...] | list[str] = ()) -> dict[str, Any]:
@@ -133,7 +137,7 @@ class OpenVINOConfig(Settings):
         scope = self.ignored_scope.to_dict()
         scope["names"] = [*scope["names"], *float_layers]
         return {"preset": self.preset, "fast_bias_correction": self.fast_bias_correction, "model_type": self.model_type,
-                "ignored_scope": scope, "subset_size": self.subset_size}
+                "ignored_scope": scope, "subset_size": self.subset_size, "activations_range": self.activations_range}
 
     def validate(self) -> None:
         check_choice(self.preset, "preset", PRESETS)
@@ -141,6 +145,14 @@ class OpenVINOConfig(Settings):
               f"allowed: null, {', '.join(MODEL_TYPES)}")
         check(self.subset_size is None or self.subset_size >= 1, "subset_size", self.subset_size,
               "must be null or an integer >= 1")
+        check(self.activations_range is None or self.activations_range in ACTIVATION_RANGES, "activations_range",
+              self.activations_range, f"allowed: null, {', '.join(ACTIVATION_RANGES)}")
+
+    def summary(self) -> str:
+        """The settings in a few words, for methods and reports."""
+        parts = [f"{self.preset} preset", f"{'fast' if self.fast_bias_correction else 'full'} bias correction",
+                 f"{self.activations_range or 'mean_minmax'} activation ranges"]
+        return ", ".join(parts)
 
 
 ORT_FORMATS = ("qdq", "qoperator")

@@ -27,6 +27,7 @@ from edgecompress.quantize.common import batches, quiet
 log = logging.getLogger(__name__)
 
 LAYER_TYPES = ("Convolution", "GroupConvolution", "MatMul")  # the compute layers counted in summaries
+RANGES_INFO = ("edgecompress", "activations_range")  # IR metadata: the range estimator NNCF actually used
 _WEIGHT_PATH = ("Convert", "Multiply", "Subtract", "Reshape", "Transpose", "Unsqueeze")  # decompression ops
 
 
@@ -103,7 +104,7 @@ def convert_to_openvino(model: nn.Module, example_inputs: torch.Tensor, path: st
 def quantize_openvino(model: Any, calib: torch.Tensor | Sequence[torch.Tensor], path: str | Path, *,
                       batch_size: int, preset: str = "performance", fast_bias_correction: bool = True,
                       model_type: str | None = None, ignored_scope: dict[str, Sequence[str]] | None = None,
-                      subset_size: int | None = None) -> Any:
+                      subset_size: int | None = None, activations_range: str | None = None) -> Any:
     """NNCF post-training INT8 of an OpenVINO model, written as IR.
 
     Args:
@@ -114,6 +115,8 @@ def quantize_openvino(model: Any, calib: torch.Tensor | Sequence[torch.Tensor], 
         model_type: None, or "transformer" (NNCF's special handling of attention blocks).
         ignored_scope: {"names": [...], "types": [...], "patterns": [...]}: nodes kept in float.
         subset_size: calibration samples used (None = all of `calib`).
+        activations_range: NNCF's range estimator for activations, a `RangeEstimatorParametersSet` name in
+            lower case (e.g. "mean_quantile"); None = NNCF's default (mean of the batches' min and max).
     Returns:
         The quantized `ov.Model`.
     """
@@ -126,15 +129,40 @@ def quantize_openvino(model: Any, calib: torch.Tensor | Sequence[torch.Tensor], 
     total = len(calib) if subset_size is None else min(subset_size, len(calib))
     steps = max(1, math.ceil(total / batch_size)) if isinstance(calib, torch.Tensor) else total
     scope = nncf.IgnoredScope(**{k: list(v) for k, v in (ignored_scope or {}).items()}, validate=False)
-    with quiet(), _nncf_quiet():
-        quantized = nncf.quantize(
-            model, nncf.Dataset(items), preset=nncf.QuantizationPreset(preset), subset_size=steps,
-            fast_bias_correction=fast_bias_correction, ignored_scope=scope,
-            model_type=nncf.ModelType(model_type) if model_type else None)
+
+    def run(ranges: str | None) -> Any:
+        with quiet(), _nncf_quiet():
+            return nncf.quantize(
+                model.clone(), nncf.Dataset(items), preset=nncf.QuantizationPreset(preset), subset_size=steps,
+                fast_bias_correction=fast_bias_correction, ignored_scope=scope,
+                model_type=nncf.ModelType(model_type) if model_type else None,
+                advanced_parameters=_advanced(ranges))
+
+    try:
+        quantized, used = run(activations_range), activations_range or "nncf_default"
+    except ValueError as exc:  # NNCF's histogram cannot bin an activation that is constant on every sample
+        if activations_range != "histogram" or "bins" not in str(exc):
+            raise
+        log.warning("NNCF's histogram range estimator failed (%s): a constant activation (e.g. untrained weights); "
+                    "quantized with NNCF's default ranges instead, recorded in the IR", first_line(exc))
+        quantized, used = run(None), f"nncf_default (histogram failed: {first_line(exc)})"
+    quantized.set_rt_info(used, list(RANGES_INFO))  # read back by openvino_layer_summary
     _save(quantized, Path(path), compress_to_fp16=False)
-    log.info("OpenVINO INT8 (NNCF %s preset, %s bias correction): calibrated on %d samples", preset,
-             "fast" if fast_bias_correction else "full", min(total, steps * batch_size))
+    log.info("OpenVINO INT8 (NNCF %s preset, %s bias correction, %s activation ranges): calibrated on %d samples",
+             preset, "fast" if fast_bias_correction else "full", activations_range or "default",
+             min(total, steps * batch_size))
     return quantized
+
+
+def _advanced(activations_range: str | None) -> Any:
+    """NNCF's advanced parameters for an activation range estimator name (None: NNCF's defaults)."""
+    if not activations_range:
+        return None
+    from nncf.quantization.advanced_parameters import AdvancedQuantizationParameters
+    from nncf.quantization.range_estimator import RangeEstimatorParametersSet
+
+    return AdvancedQuantizationParameters(
+        activations_range_estimator_params=getattr(RangeEstimatorParametersSet, activations_range.upper()))
 
 
 @contextlib.contextmanager
@@ -197,11 +225,15 @@ def _weight_is_low_precision(node: Any) -> bool:
 
 
 def openvino_layer_summary(path: str | Path) -> dict[str, Any]:
-    """Quantized vs float compute layers of an IR (a convolution or matmul whose weights are INT8)."""
+    """Quantized vs float compute layers of an IR (a convolution or matmul whose weights are INT8), and the
+    activation range estimator NNCF used when the IR records it."""
     import openvino as ov
 
     summary: dict[str, Any] = {"quantized": 0, "float": 0, "quantized_layers": {}, "float_layers": {}}
-    for op in ov.Core().read_model(str(path)).get_ops():
+    model = ov.Core().read_model(str(path))
+    if model.has_rt_info(list(RANGES_INFO)):
+        summary["activations_range"] = model.get_rt_info(list(RANGES_INFO)).astype(str)
+    for op in model.get_ops():
         name = op.get_type_name()
         if name in LAYER_TYPES:
             kind = "quantized" if _weight_is_low_precision(op.input_value(1).get_node()) else "float"

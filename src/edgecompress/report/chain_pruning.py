@@ -33,6 +33,12 @@ def pruning_lines(prune: dict, bench: dict, b1: str, notes: list[str]) -> list[s
         ["distilled student (unpruned)", percent(prune.get("accuracy_unpruned"))],
         ["right after pruning (no fine-tuning)", percent(prune.get("accuracy_after_pruning"))],
         ["after fine-tuning", percent(prune["accuracy"])]])
+    slow = prune.get("fx_int8_slow_depthwise") or []
+    if slow:
+        notes.append(f"{len(slow)} depthwise convolution(s) of the pruned model keep a channel count above 112 that is "
+                     f"not a multiple of 8 ({', '.join(f'`{n}`' for n in slow[:5])}{', …' if len(slow) > 5 else ''}): "
+                     "PyTorch's x86 FX INT8 runs them on its slow path (~100× per layer, "
+                     "docs/experiments/int8_depthwise_channels.py); `prune.round_to: 8` avoids it.")
     return out + _steps(prune) + _latency(bench, b1, notes)
 
 

@@ -92,23 +92,29 @@ def imagenet_subset(root: str | Path, classes: list[tuple[str, str]], max_images
     return Subset(tuple(path for *_, path in ranked), targets, len(set(targets)))
 
 
-def evaluation_and_calibration(subset: Subset, max_images: int, calibration_images: int = 0
-                               ) -> tuple[Subset, tuple[Path, ...]]:
-    """The first `max_images` images (one per class first) for evaluation and the next
-    `calibration_images` for quantization calibration: calibration never sees an evaluated image.
+def evaluation_and_calibration(subset: Subset, max_images: int, calibration_images: int = 0, gate_images: int = 0
+                               ) -> tuple[Subset, tuple[Path, ...], tuple[Path, ...]]:
+    """The first `max_images` images (one per class first) for evaluation, the next `calibration_images`
+    for quantization calibration and the `gate_images` after those for the quality gate: neither
+    calibration nor the gate ever sees an evaluated image.
 
+    Returns:
+        (evaluation subset, calibration paths, gate paths).
     Raises:
-        EdgecompressError: fewer than `calibration_images` images left after the evaluation set.
+        EdgecompressError: fewer images left after the evaluation set than calibration and gate need.
     """
     count = min(max_images, len(subset.paths))
-    calibration = subset.paths[count:count + calibration_images]
-    if len(calibration) < calibration_images:
+    left = len(subset.paths) - count
+    if left < calibration_images + gate_images:
+        wanted = (f"zoo.calibration_batches x zoo.calibration_batch_size = {calibration_images} calibration images"
+                  + (f" and zoo.gate_images = {gate_images} gate images" if gate_images else ""))
         raise EdgecompressError(
-            f"zoo.calibration_batches x zoo.calibration_batch_size = {calibration_images} calibration images are "
-            f"needed beyond the {count} evaluation images, but only {len(subset.paths) - count} are left of "
+            f"{wanted} are needed beyond the {count} evaluation images, but only {left} are left of "
             f"{len(subset.paths)}; lower zoo.max_images or add images")
+    calibration = subset.paths[count:count + calibration_images]
+    gate = subset.paths[count + calibration_images:count + calibration_images + gate_images]
     targets = subset.targets[:count]
-    return Subset(subset.paths[:count], targets, len(set(targets))), calibration
+    return Subset(subset.paths[:count], targets, len(set(targets))), calibration, gate
 
 
 def load_images(paths: tuple[Path, ...] | list[Path], transform: Any) -> torch.Tensor:

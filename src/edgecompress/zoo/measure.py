@@ -220,11 +220,11 @@ def dynamic_analysis(model: nn.Module, images: torch.Tensor, targets: tuple[int,
 
 def static_analysis(model: nn.Module, images: torch.Tensor, targets: tuple[int, ...], calibration: torch.Tensor,
                     how: Measurement, *, configs: tuple[str, ...], calibration_batch_size: int,
-                    batch_size: int) -> dict[str, dict[str, Any]]:
+                    batch_size: int, bias_correction: bool = False) -> dict[str, dict[str, Any]]:
     """FX graph-mode static INT8 per engine (`x86`, `fbgemm`, `qnnpack`: torch's default QConfig mapping
     for it), `custom` (`quantize.fx.custom_qconfig` on x86) and `vnni` (`quantize.fx.vnni_qconfig_mapping`
-    on x86), calibrated on `calibration` images;
-    latency at `batch_size`. An engine missing from this torch build, or a model FX cannot trace, is
+    on x86), calibrated on `calibration` images, each convolution's bias corrected on them with
+    `bias_correction` (`quantize.bias_correction`); latency at `batch_size`. An engine missing from this torch build, or a model FX cannot trace, is
     recorded as {"skipped": reason} and the others go on."""
     results: dict[str, dict[str, Any]] = {}
     reference = predict_all(inference_predict(model), images, how.eval_batch_size)
@@ -235,7 +235,7 @@ def static_analysis(model: nn.Module, images: torch.Tensor, targets: tuple[int, 
         backend, qconfig = ("x86", name) if name in ("custom", "vnni") else (name, "default")
         try:
             quantized = quantize_static_fx(model, calibration, backend=backend, qconfig=qconfig,
-                                           batch_size=calibration_batch_size)
+                                           batch_size=calibration_batch_size, bias_correction=bias_correction)
         except BackendUnsupported as exc:
             results[name] = {"skipped": str(exc)}
             continue
@@ -253,7 +253,7 @@ def static_analysis(model: nn.Module, images: torch.Tensor, targets: tuple[int, 
         if weight_read:
             layers["float"] += weight_read
             layers["float_layers"]["Linear (weights read directly)"] = weight_read
-        results[name] = {"engine": backend, "qconfig": qconfig, "layers": layers,
+        results[name] = {"engine": backend, "qconfig": qconfig, "bias_correction": bias_correction, "layers": layers,
                          "size_mb": state_dict_mb(quantized), "calibration_images": len(calibration), **result}
     return results
 
@@ -267,21 +267,27 @@ class ZooInputs:
     models: dict[str, ResolvedWeights]
     evaluation: Subset
     calibration: tuple[Path, ...]
-    calibration_targets: tuple[int, ...]  # their classes (the quality gate's labels)
+    calibration_targets: tuple[int, ...]  # their classes
+    gate: tuple[Path, ...]  # the quality gate's own images (zoo.gate_images), () = it judges on the calibration images
+    gate_targets: tuple[int, ...]  # the classes of the images the gate judges on
     description: dict[str, Any]  # for metrics: where the images and class list came from
 
 
-def zoo_inputs(params: ZooParams, *, calibration_images: int = 0) -> ZooInputs:
+def zoo_inputs(params: ZooParams, *, calibration_images: int = 0, gate_images: int = 0) -> ZooInputs:
     """Resolve every model's weights first (a missing file fails before any image is read), then
-    split the image tree into evaluation and calibration images."""
+    split the image tree into evaluation, calibration and quality-gate images."""
     models = resolve_models(dict(params.models), params.weights_dir)
     if params.classes:
         classes, class_list = load_imagenet_classes(params.classes), str(params.classes)
     else:
         classes, class_list = default_imagenet_classes(), "timm's ImageNet-1k synset list (torchvision order)"
     subset = imagenet_subset(params.images, classes)
-    evaluation, calibration = evaluation_and_calibration(subset, params.max_images, calibration_images)
+    evaluation, calibration, gate = evaluation_and_calibration(subset, params.max_images, calibration_images,
+                                                               gate_images)
     description = {"root": str(params.images), "count": len(evaluation.paths),
                    "classes": evaluation.num_classes_present, "available": len(subset.paths), "class_list": class_list}
     first = len(evaluation.paths)
-    return ZooInputs(models, evaluation, calibration, subset.targets[first:first + len(calibration)], description)
+    after = first + len(calibration)
+    calibration_targets = subset.targets[first:after]
+    return ZooInputs(models, evaluation, calibration, calibration_targets, gate,
+                     subset.targets[after:after + len(gate)] if gate else calibration_targets, description)

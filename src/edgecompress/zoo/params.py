@@ -42,6 +42,7 @@ class ZooParams(Settings):
     dynamic: bool = True  # dynamic INT8 (Linear layers) over batch_sizes
     static: tuple[str, ...] = STATIC_QCONFIGS  # an empty list measures no static INT8
     static_batch_size: int = 8  # latency of the static INT8 models at this batch size
+    static_bias_correction: bool = False  # empirical bias correction of the static INT8 models (~+35 s per model)
     calibration_batches: int = 1  # of calibration_batch_size images not used for evaluation
     calibration_batch_size: int = 16
     runtimes: tuple[str, ...] = RUNTIMES  # the other runtimes each model is measured on (zoo_quantize)
@@ -49,8 +50,11 @@ class ZooParams(Settings):
     runtimes_on: str = PRETRAINED  # pretrained: only models with real weights (random ones are smoke stand-ins) | all
     openvino: OpenVINOConfig = field(default_factory=OpenVINOConfig)  # NNCF's settings for openvino_int8
     onnx: OnnxInt8Config = field(default_factory=OnnxInt8Config)  # ONNX Runtime's settings for onnx_int8
-    max_accuracy_drop: float | None = None  # quality gate of onnx_int8/openvino_int8: top-1 points on the calibration images
+    max_accuracy_drop: float | None = None  # quality gate of onnx_int8/openvino_int8: top-1 points vs FP32
     max_float_layers: int = 4  # at most this many nodes kept float by the fallback
+    # images the gate judges on: null = the calibration images (as NNCF's accuracy control takes one validation
+    # set); N = the N images after the calibration ones, never calibrated with nor evaluated
+    gate_images: int | None = None
 
     def validate(self) -> None:
         known = zoo_classifiers()
@@ -78,6 +82,8 @@ class ZooParams(Settings):
         check_distinct(self.runtimes, "runtimes", RUNTIMES, non_empty=False)
         check_budget(self.max_accuracy_drop, "max_accuracy_drop")
         check(self.max_float_layers >= 0, "max_float_layers", self.max_float_layers, "must be an integer >= 0")
+        check(self.gate_images is None or self.gate_images >= 1, "gate_images", self.gate_images,
+              "must be null (the calibration images) or an integer >= 1")
         check_choice(self.runtimes_on, "runtimes_on", (PRETRAINED, "all"))
         check(is_batch_list(self.runtime_batch_sizes) and set(self.runtime_batch_sizes) <= set(self.batch_sizes),
               "runtime_batch_sizes", self.runtime_batch_sizes,

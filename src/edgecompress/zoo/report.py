@@ -245,7 +245,10 @@ def render_report(zoo: dict[str, Any], quant: dict[str, Any], plots: dict[str, s
     lines += ["## Static INT8, FX graph mode (stage zoo_quantize)", "",
               f"Calibrated on {quant['calibration']['images']} images ({quant['calibration']['batches']} batch(es) of "
               f"{quant['calibration']['batch_size']}) that are not among the evaluated ones; latency at batch {batch}. "
-              f"`custom`: HistogramObserver activations (full 8-bit range) + 7-bit per-channel symmetric MinMax weights (`quantize.fx.custom_qconfig`); `vnni`: the same activations, 8-bit weights, 7-bit only on depthwise convolutions (`quantize.fx.vnni_qconfig_mapping`). Every config quantizes the model with ReLU6 split into ReLU + clamp (same function; the convolution's output range then excludes the negative pre-activations). Agreement: share of images whose top-1 class equals FP32's; SQNR: of the logits vs FP32.", ""]
+              f"`custom`: HistogramObserver activations (full 8-bit range) + 7-bit per-channel symmetric MinMax weights (`quantize.fx.custom_qconfig`); `vnni`: the same activations, 8-bit weights, 7-bit only on depthwise convolutions (`quantize.fx.vnni_qconfig_mapping`). Every config quantizes the model with ReLU6 split into ReLU + clamp (same function; the convolution's output range then excludes the negative pre-activations)"
+              + ("; each convolution's bias is then corrected for its mean INT8 output error on the calibration images "
+                 "(`zoo.static_bias_correction`)" if quant.get("static_bias_correction") else "")
+              + ". Agreement: share of images whose top-1 class equals FP32's; SQNR: of the logits vs FP32.", ""]
     rows = []
     for arch, e in zoo["models"].items():
         for name, s in quant["models"].get(arch, {}).get("static", {}).items():
@@ -299,7 +302,7 @@ def _runtimes_section(zoo: dict[str, Any], quant: dict[str, Any]) -> list[str]:
 
 
 def _gate_lines(quant: dict[str, Any]) -> list[str]:
-    """The quality gate (`zoo.max_accuracy_drop`) of each INT8 runtime: its drop on the calibration images,
+    """The quality gate (`zoo.max_accuracy_drop`) of each INT8 runtime: its drop on the images it judges on,
     the nodes the fallback kept float and the all-INT8 figures they replaced."""
     lines = []
     for arch, model in quant["models"].items():
@@ -315,7 +318,7 @@ def _gate_lines(quant: dict[str, Any]) -> list[str]:
                          f"({', '.join(gate['float_layers'])}); all-INT8: drop {before['drop_points']:.2f} points, "
                          f"{before['latency_ms']:.2f} ms/image at batch 8 (now {gate['latency_ms']:.2f})")
             lines.append(text + ".")
-    return (["", "Quality gate (drop vs FP32 on the calibration images, never on the evaluated ones):", ""] + lines
+    return (["", "Quality gate (drop vs FP32 on never-evaluated images, named per line):", ""] + lines
             if lines else [])
 
 

@@ -73,19 +73,23 @@ def _build(name: str, model: nn.Module, calibration: torch.Tensor, folder: Path,
 
 @dataclass(frozen=True)
 class Gate:
-    """The zoo's quality gate: judged on the calibration images (labelled, never evaluated)."""
+    """The zoo's quality gate: judged on labelled images that are never evaluated, its own (`zoo.gate_images`,
+    never calibrated with either) or else the calibration images."""
 
     max_accuracy_drop: float | None  # top-1 points vs FP32 on those images; None = off
     max_float_layers: int
-    targets: tuple[int, ...]  # the calibration images' classes
+    targets: tuple[int, ...]  # the classes of the images it judges on
+    images: torch.Tensor | None = None  # its own images, in this model's preprocessing; None = the calibration images
 
 
 def _gated_build(name: str, build: Callable[[tuple[str, ...]], tuple[Path, Callable]], model: nn.Module,
                  calibration: torch.Tensor, folder: Path, gate: Gate, how: Measurement) -> tuple[Path, Callable, dict]:
     """Build INT8 runtime `name` through the quality gate (`quantize.fallback.within_budget`): judged on the
-    labelled calibration images, float nodes named in the ONNX / OpenVINO graph."""
+    gate's images (else the labelled calibration images), float nodes named in the ONNX / OpenVINO graph."""
+    judged = calibration if gate.images is None else gate.images
+
     def top1(predictor: Callable) -> float:
-        return topk_from_logits(predict_all(predictor, calibration, how.eval_batch_size), gate.targets, (1,))["top1"]
+        return topk_from_logits(predict_all(predictor, judged, how.eval_batch_size), gate.targets, (1,))["top1"]
 
     def nodes() -> list[str]:
         return (onnx_compute_nodes(folder / "onnx_fp32.onnx") if name.startswith("onnx")
@@ -99,7 +103,9 @@ def _gated_build(name: str, build: Callable[[tuple[str, ...]], tuple[Path, Calla
     (path, predict), record = within_budget(build, lambda built: top1(built[1]), nodes, reference=reference,
                                             budget=gate.max_accuracy_drop, max_layers=gate.max_float_layers,
                                             timer=latency)
-    return path, predict, {**record, "judged_on": f"{len(calibration)} calibration images"} if record else {}
+    judged_on = (f"{len(judged)} {'calibration' if gate.images is None else 'gate'} image"
+                 f"{'' if len(judged) == 1 else 's'}")
+    return path, predict, {**record, "judged_on": judged_on} if record else {}
 
 
 def runtime_analysis(model: nn.Module, images: torch.Tensor, targets: tuple[int, ...], calibration: torch.Tensor,
