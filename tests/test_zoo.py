@@ -163,6 +163,9 @@ def test_dynamic_quantizes_linear_and_reports_conv_float() -> None:
     assert "Conv2d" in result["note"] and "only nn.Linear" in result["note"]
     assert result["size_mb"] < measure.state_dict_mb(model)
     assert set(result["latency_ms"]) == {"1", "2"} and 0 <= result["top1"] <= result["top5"] <= 1
+    convs_only = nn.Sequential(nn.Conv2d(3, 8, 3), nn.AdaptiveAvgPool2d(1), nn.Flatten()).eval()  # 8 "classes"
+    none = measure.dynamic_analysis(convs_only, images, (0, 1, 2), TINY)  # e.g. squeezenet: no Linear at all
+    assert none["layers"]["quantized"] == 0 and none["layers"]["float_layers"] == {"Conv2d": 1}
 
 
 class DataDependent(nn.Module):

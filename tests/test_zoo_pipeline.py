@@ -37,12 +37,12 @@ def test_zoo_pipeline_smoke_run_random_weights(repo_copy: Path, tmp_path: Path) 
                 "batch_sizes": [1, 2], "static_batch_size": 2, "calibration_batches": 1, "calibration_batch_size": 2, "eval_batch_size": 2,
                 # torch.compile has its own tests (test_bench); here the exported runtimes, at two batch sizes
                 "runtimes": ["onnx_fp32", "onnx_int8", "openvino_fp32", "openvino_int8"], "runtime_batch_sizes": [1, 2],
-                "runtimes_on": "all", "dynamic": True, "static": ["x86", "vnni"],
+                "runtimes_on": "all", "dynamic": True, "static": ["vnni"],  # x86 & co: test_zoo
                 "max_accuracy_drop": 100.0,  # the gate measured and recorded; no fallback search (own test)
                 "gate_images": 1,  # ... on an image of its own: neither evaluated nor calibrated with
                 "max_load": None},  # a busy CI runner must not make the suite wait (test_zoo_contention)
     })
-    params["zoo"]["models"] = {"mobilenet_v3_small": "random", "squeezenet1_1": "random"}
+    params["zoo"]["models"] = {"mobilenet_v3_small": "random"}  # one model: the stages' loops are the same per model
     params_path.write_text(yaml.safe_dump(params, sort_keys=False))
     finetune_params = repo_copy / "pipelines" / "finetune" / "params.yaml"
     finetune_params.write_text(yaml.safe_dump(deep_update(yaml.safe_load(finetune_params.read_text()), {
@@ -55,8 +55,8 @@ def test_zoo_pipeline_smoke_run_random_weights(repo_copy: Path, tmp_path: Path) 
 
     zoo_dir = repo_copy / "pipelines" / "zoo"
     zoo = json.loads((zoo_dir / "metrics" / "zoo.json").read_text())
-    assert set(zoo["models"]) == {"mobilenet_v3_small", "squeezenet1_1"} and zoo["images"]["count"] == 3
-    assert zoo["random_weights"] == ["mobilenet_v3_small", "squeezenet1_1"]
+    assert set(zoo["models"]) == {"mobilenet_v3_small"} and zoo["images"]["count"] == 3
+    assert zoo["random_weights"] == ["mobilenet_v3_small"]
     assert all(entry["weights"].startswith("random") for entry in zoo["models"].values())
     quant = json.loads((zoo_dir / "metrics" / "zoo_quantize.json").read_text())
     assert quant["calibration"]["images"] == 2 and quant["images"]["count"] == 3
@@ -67,9 +67,8 @@ def test_zoo_pipeline_smoke_run_random_weights(repo_copy: Path, tmp_path: Path) 
     assert zoo["contention"]["max_load"] is None and quant["contention"]["contended"] == []  # not monitored here
     assert small["dynamic"]["layers"]["quantized_layers"] == {"Linear": 2}
     assert small["dynamic"]["layers"]["float_layers"]["Conv2d"] > 0
-    assert quant["models"]["squeezenet1_1"]["dynamic"]["layers"]["quantized"] == 0  # no Linear layer at all
     for entry in quant["models"].values():
-        assert set(entry["static"]) == {"x86", "vnni"}
+        assert set(entry["static"]) == {"vnni"}
         runtimes = entry["runtimes"]
         assert set(runtimes) == {"onnx_fp32", "onnx_int8", "openvino_fp32", "openvino_int8"}
         for name in ("onnx_fp32", "openvino_fp32"):  # the FP32 exports compute what eager computes
@@ -86,8 +85,8 @@ def test_zoo_pipeline_smoke_run_random_weights(repo_copy: Path, tmp_path: Path) 
     assert (finetune_dir / "plots" / "finetune_cifar100" / "training_curves.png").is_file()
     assert (finetune_dir / "models" / "finetune_cifar100.pt").is_file()
     report = (zoo_dir / "REPORT.md").read_text()
-    assert "Random weights (untrained): mobilenet_v3_small, squeezenet1_1" in report
-    assert "squeezenet1_1 (random weights)" in report and "plots/static_quant_analysis.png" in report
+    assert "Random weights (untrained): mobilenet_v3_small" in report
+    assert "mobilenet_v3_small (random weights)" in report and "plots/static_quant_analysis.png" in report
     assert "## Runtimes: INT8 against the fastest FP32 runtime" in report and "openvino_int8" in report
     assert "Contention was not monitored (zoo.max_load: null)." in report
     assert "up to date" in run(["dvc", "repro", "pipelines/zoo/dvc.yaml"], repo_copy).stdout

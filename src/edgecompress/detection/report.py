@@ -67,9 +67,9 @@ def int8_lines(summary: dict[str, Any] | None) -> list[str]:
     variant, met or not, with their numbers."""
     if not summary:
         return []
-    best, reference = summary["best"], summary["best_fp32"]
+    best, reference, whole = summary["best"], summary["best_fp32"], summary["best_fp32_inference"]
     row = summary["variants"][best]
-    others = ", ".join(f"`{name}` {r['map_50_drop_points']:+.1f} points / {times(r['speedup'])}"
+    others = ", ".join(f"`{name}` {-r['map_50_drop_points']:+.1f} points / {times(r['speedup'])}"
                        for name, r in summary["variants"].items() if name != best)
     out = ["", f"INT8 against FP32: the best INT8 variant is the fastest within the mAP@.5 budget, else the most "
            f"accurate one: `{best}`" + (f" (the other: {others})" if others else "") + ".", ""]
@@ -78,8 +78,8 @@ def int8_lines(summary: dict[str, Any] | None) -> list[str]:
          f"{'met' if summary['map_50_met'] else 'NOT met'} (`{best}` {-row['map_50_drop_points']:+.1f} points)"],
         [f"Best INT8 ≥ {times(summary['speedup_goal'], 1)} the fastest FP32 runtime (model block)",
          f"{'met' if summary['speedup_met'] else 'NOT met'} (`{reference['variant']}` {reference['model_ms']:.1f} ms "
-         f"-> `{best}` {row['model_ms']:.1f} ms, {times(row['speedup'])}; whole inference "
-         f"{reference['inference_ms']:.1f} -> {row['inference_ms']:.1f} ms, {times(row['inference_speedup'])})"]])
+         f"-> `{best}` {row['model_ms']:.1f} ms, {times(row['speedup'])}; whole inference: `{whole['variant']}` "
+         f"{whole['inference_ms']:.1f} -> {row['inference_ms']:.1f} ms, {times(row['inference_speedup'])})"]])
 
 
 def pruning_lines(summary: dict[str, Any] | None) -> list[str]:
