@@ -222,11 +222,12 @@ IMAGENET_SAMPLE = SHARED / "data" / "imagenet-sample"
 
 @pytest.mark.skipif(not IMAGENET_SAMPLE.is_dir(), reason=f"{IMAGENET_SAMPLE} not present (developer/CI data only)")
 def test_real_pretrained_mobilenet_v2_and_fx_int8_on_imagenet_sample() -> None:
-    """The 500 images with the real torchvision MobileNetV2 weights: top-1 >= 70% (published 71.9%; a
-    wrong class mapping gives ~0). FX static INT8 (custom QConfig, 32 calibration images) on the 468
-    images calibration did not see: the issue's goal is within 2 points of FP32; PTQ of MobileNetV2
-    measured 2-4 points here (the zoo report states the goal as not met when so), so this checks a
-    band that only a broken quantization misses: within 6 points and >= 85% top-1 agreement."""
+    """The real torchvision MobileNetV2 weights on 250 of the 500 images (the class mapping is checked on all
+    500): top-1 >= 70% (published 71.9%; a wrong class mapping gives ~0). FX static INT8 (custom QConfig, 32
+    calibration images) on the 218 images calibration did not see: the issue's goal is within 2 points of
+    FP32; PTQ of MobileNetV2 measured 2-4 points here (the zoo report states the goal as not met when so),
+    so this checks a band that only a broken quantization misses: within 6 points and >= 85% top-1
+    agreement. 250 images and one FP32 pass keep it cheap (33-51 s on all 500 with three passes; ~10 s now)."""
     try:
         resolved = weights.resolve_weights(["mobilenet_v2"], IMAGENET_SAMPLE / "no-weights-here")["mobilenet_v2"]
     except EdgecompressError as exc:
@@ -236,17 +237,18 @@ def test_real_pretrained_mobilenet_v2_and_fx_int8_on_imagenet_sample() -> None:
     subset = imagenet.imagenet_subset(IMAGENET_SAMPLE, classes)
     assert len(subset.paths) == 500 and subset.num_classes_present == 500
     model = weights.load_pretrained(resolved)
-    images = imagenet.load_images(subset.paths, weights.preprocessing(resolved))
-    fp32 = measure.topk_accuracy(measure.inference_predict(model), images, subset.targets, batch_size=50)
+    evaluation, calibration, _ = imagenet.evaluation_and_calibration(subset, 218, 32)
+    images = imagenet.load_images(evaluation.paths + calibration, weights.preprocessing(resolved))
+    logits = measure.predict_all(measure.inference_predict(model), images, 50)
+    targets = torch.tensor(evaluation.targets + subset.targets[218:250])
+    fp32 = measure.topk_from_logits(logits, targets, (1, 5))
     assert fp32["top1"] >= 0.70 and fp32["top5"] >= fp32["top1"]
 
-    evaluation, calibration, _ = imagenet.evaluation_and_calibration(subset, 468, 32)
-    held_out = images[:468]
-    int8 = measure.static_analysis(model, held_out, evaluation.targets, images[468:], TINY, configs=("custom",),
-                               calibration_batch_size=32, batch_size=1)["custom"]
-    fp32_held_out = measure.topk_accuracy(measure.inference_predict(model), held_out, evaluation.targets, batch_size=50)
+    int8 = measure.static_analysis(model, images[:218], evaluation.targets, images[218:], TINY, configs=("custom",),
+                                   calibration_batch_size=32, batch_size=1)["custom"]
+    fp32_held_out = measure.topk_from_logits(logits[:218], targets[:218], (1,))["top1"]
     assert int8["layers"]["float"] == 0 and len(calibration) == 32
-    assert abs(int8["top1"] - fp32_held_out["top1"]) <= 0.06, (int8["top1"], fp32_held_out["top1"])
+    assert abs(int8["top1"] - fp32_held_out) <= 0.06, (int8["top1"], fp32_held_out)
     assert int8["top1_agreement"] >= 0.85
 
 
