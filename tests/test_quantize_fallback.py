@@ -51,3 +51,26 @@ def test_a_given_baseline_is_not_built_or_scored_again():
     found, _ = float_fallback(build, lambda layers: round(0.85 + sum(GAIN[n] for n in layers), 4), list(GAIN),
                               target=0.97, max_layers=4, baseline=((), 0.85))
     assert () not in builds and len(builds) == len(GAIN) + 2 and found.baseline == 0.85
+
+
+def test_a_missed_target_keeps_the_best_set_tried_not_the_last():
+    """One-layer gains need not add up: here each layer alone helps, together they hurt."""
+    alone = {"a": 0.60, "b": 0.58, "c": 0.57}
+    together = {("a",): 0.60, ("a", "b"): 0.61, ("a", "b", "c"): 0.50}
+    builds: list[tuple[str, ...]] = []
+
+    def build(float_layers: tuple[str, ...]) -> tuple[str, ...]:
+        builds.append(float_layers)
+        return float_layers
+
+    def score(layers: tuple[str, ...]) -> float:
+        return 0.55 if not layers else together.get(layers, alone.get(layers[0]))
+
+    found, last = float_fallback(build, score, list(alone), target=0.9, max_layers=3)
+    assert found.float_layers == ["a", "b"] and found.score == 0.61 and not found.met
+    assert last == ("a", "b") and builds[-1] == ("a", "b")  # rebuilt, so the artifact on disk is this set
+    assert [step["score"] for step in found.steps] == [0.60, 0.61, 0.50]  # every trial still recorded
+    alone.update(a=0.54, b=0.53, c=0.52)  # no float layer helps: every set scores below all-INT8's 0.55
+    together.clear()
+    found, last = float_fallback(build, score, list(alone), target=0.9, max_layers=3)
+    assert found.float_layers == [] and found.score == 0.55 and last == () and builds[-1] == ()
